@@ -1,0 +1,942 @@
+"""The leased-executor manager.
+
+Theory of operation
+-------------------
+The manager owns up to ``max_pools`` *pools* (one executor each). Every pool
+it has created and not yet fully shut down is in ``_pools`` and counts against
+``max_pools``, whatever its state; that single rule is what makes the bound real
+across revocation. A pool moves through these states (see ``PoolState``)::
+
+    IDLE ──acquire──▶ LEASED ──release, jobs done──▶ IDLE (or to a waiter)
+                        │  └──release, jobs running──▶ DRAINING ──last job──▶ IDLE
+                        └──revoked / broken / shrunk / stop──▶ RETIRING ──▶ gone
+
+A RETIRING pool is shut down in the background by the supervisor: a revoked
+process pool has its workers killed first; then the manager waits until no job
+of the pool is unfinished (threads and interpreters cannot be killed, so a
+revoked thread pool stays *quarantined* here until its running work returns),
+joins the workers from a short-lived thread, and only then frees the slot.
+
+Waiters queue FIFO. A freed pool is handed straight to the oldest waiter
+(``_Waiter.pool`` is set before its event), so a later ``wait=False`` caller can
+never slip in ahead of it; a waiter cancelled after being handed a pool passes
+the pool on. Idle pools and queued waiters therefore never coexist.
+
+All manager state is touched only from the owning event loop's thread. The one
+exception is each pool's job count (see ``_pool``), and the only message from
+other threads into the loop is "pool went idle" or "scale changed", sent with
+``Runtime.call_soon_threadsafe``.
+
+The supervisor is one task per started manager, spawned outside the caller's
+task tree so that ``start()`` and ``stop()`` may come from different tasks. It
+sleeps until the next soft expiry, hard expiry or sizing check, or until woken,
+which is why revocation happens on time even when nothing else calls in.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import enum
+import itertools
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+
+from ._backends import ExecutorBackend, PoolBackend, resolve_backend
+from ._errors import (
+    LeaseUnavailableError,
+    not_started,
+    stopped_while_waiting,
+    wrong_loop,
+)
+from ._lease import ExecutorLease, LeaseState, make_lease
+from ._pool import Pool, PoolState
+from ._process_logging import ProcessLoggingConfig, _check_level
+from ._runtime import Runtime, current_runtime
+from ._validation import (
+    check_duration,
+    check_optional_duration,
+    check_positive_int,
+)
+
+__all__ = ["LeasedExecutorManager", "ManagerStatistics"]
+
+T = TypeVar("T")
+
+_module_log = logging.getLogger("leasepool.manager")
+
+
+class _State(enum.Enum):
+    STOPPED = "stopped"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class _Waiter:
+    __slots__ = ("event", "pool")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.pool: Pool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerStatistics:
+    """A snapshot of a manager's counts, the typed twin of ``stats()``."""
+
+    backend: str
+    started: bool
+    desired: int
+    max_pools: int
+    min_pools: int
+    workers_per_pool: int
+    available: int
+    leased: int
+    total: int
+    waiting: int
+    draining: int
+    quarantined: int
+    quarantined_jobs: int
+    leases_granted: int
+    leases_released: int
+    leases_revoked: int
+    pools_retired: int
+    peak_pools: int
+
+
+class LeasedExecutorManager:
+    """Hands out time-limited leases on a bounded set of executor pools.
+
+    Construct it with keyword arguments, then use ``async with manager:`` or
+    ``await manager.start()`` … ``await manager.stop()``. Once started it
+    belongs to the event loop (or trio run) that started it.
+
+    Args:
+        backend: ``"thread"``, ``"process"``, ``"interpreter"`` (Python 3.14+),
+            an :class:`ExecutorBackend`, or an object following the
+            :class:`PoolBackend` protocol.
+        max_pools: The most pools alive at once, leased, idle, draining or
+            quarantined alike.
+        min_pools: Pools kept even when the size signal says fewer.
+        units_per_pool: How many units of ``size_provider``'s signal one pool
+            serves.
+        size_provider: A cheap synchronous callable returning the current load
+            (for example queue depth); ``None`` keeps ``min_pools``.
+        check_interval: Seconds between reads of the size signal.
+        default_lease_seconds: Lease length when ``acquire`` gives none.
+        lease_grace_seconds: Seconds after soft expiry before revocation; may
+            be 0.
+        workers_per_pool: Workers (threads, processes, interpreters) per pool.
+        name_prefix: Start of pool and thread names.
+        logger: Where the manager logs; the ``leasepool.manager`` logger if
+            ``None``.
+        process_logging: Forwarding of process workers' log records; see
+            :class:`ProcessLoggingConfig`. Not to be combined with the
+            ``forward_process_logs``/``process_log_*`` shortcuts.
+        forward_process_logs: Shortcut for ``ProcessLoggingConfig(enabled=True)``.
+        process_log_level: Shortcut for the config's ``level``.
+        process_log_target_logger: Shortcut for the config's ``target_logger``.
+        clear_process_log_handlers: Shortcut for ``clear_child_handlers``.
+        **executor_kwargs: Passed to every executor's constructor (for example
+            ``initializer``, ``mp_context``, ``max_tasks_per_child``).
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str | ExecutorBackend | PoolBackend = "thread",
+        max_pools: int,
+        min_pools: int = 1,
+        units_per_pool: int = 10,
+        size_provider: Callable[[], float] | None = None,
+        check_interval: float = 120.0,
+        default_lease_seconds: float = 300.0,
+        lease_grace_seconds: float = 15.0,
+        workers_per_pool: int = 4,
+        name_prefix: str = "leasepool",
+        logger: logging.Logger | None = None,
+        process_logging: ProcessLoggingConfig | None = None,
+        forward_process_logs: bool = False,
+        process_log_level: int = logging.INFO,
+        process_log_target_logger: logging.Logger | None = None,
+        clear_process_log_handlers: bool = True,
+        **executor_kwargs: Any,
+    ) -> None:
+        self._max_pools = check_positive_int("max_pools", max_pools)
+        self._min_pools = check_positive_int("min_pools", min_pools)
+        if self._min_pools > self._max_pools:
+            raise ValueError(
+                f"min_pools must be <= max_pools, got min_pools={min_pools!r} "
+                f"and max_pools={max_pools!r}"
+            )
+        self._units_per_pool = check_positive_int("units_per_pool", units_per_pool)
+        self._workers_per_pool = check_positive_int(
+            "workers_per_pool", workers_per_pool
+        )
+        if size_provider is not None and not callable(size_provider):
+            raise ValueError(
+                f"size_provider must be a callable or None, got {size_provider!r}"
+            )
+        self._size_provider = size_provider
+        self._check_interval = check_duration("check_interval", check_interval)
+        self._default_lease_seconds = check_duration(
+            "default_lease_seconds", default_lease_seconds
+        )
+        self._grace_seconds = check_duration(
+            "lease_grace_seconds", lease_grace_seconds, allow_zero=True
+        )
+        if not isinstance(name_prefix, str) or not name_prefix:
+            raise ValueError(
+                f"name_prefix must be a non-empty string, got {name_prefix!r}"
+            )
+        self._name_prefix = name_prefix
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise ValueError(f"logger must be a logging.Logger or None, got {logger!r}")
+        self._log = logger if logger is not None else _module_log
+        self._process_logging = _logging_config(
+            process_logging,
+            forward_process_logs,
+            process_log_level,
+            process_log_target_logger,
+            clear_process_log_handlers,
+        )
+        backend_obj, kind = resolve_backend(backend, executor_kwargs)
+        if self._process_logging.enabled and kind is not ExecutorBackend.PROCESS:
+            raise ValueError(
+                "process log forwarding needs backend='process', "
+                f"got backend={backend!r}"
+            )
+        self._backend = backend_obj
+        self._kind = kind
+
+        self._state = _State.STOPPED
+        self._runtime: Runtime | None = None
+        self._pools: dict[str, Pool] = {}
+        self._idle: list[Pool] = []
+        self._leases: dict[str, ExecutorLease] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._target = self._min_pools
+        self._retiring = 0
+        self._pool_numbers = itertools.count(1)
+        self._lease_numbers = itertools.count(1)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._wake: anyio.Event | None = None
+        self._supervisor_done: anyio.Event | None = None
+        self._next_wake = math.inf
+        self._next_size_check = math.inf
+        self._scale_dirty = False
+        self._granted = 0
+        self._released = 0
+        self._revoked = 0
+        self._retired = 0
+        self._waited = 0
+        self._peak_pools = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the initial pools and the supervisor; a no-op when started."""
+        if self._state is not _State.STOPPED:
+            runtime = self._runtime
+            if runtime is None or not runtime.is_current():
+                raise wrong_loop("this manager")
+            if self._state is _State.RUNNING:
+                return
+            assert self._supervisor_done is not None
+            await self._supervisor_done.wait()
+        runtime = current_runtime()
+        self._runtime = runtime
+        self._state = _State.RUNNING
+        self._next_wake = math.inf
+        self._scale_dirty = False
+        self._supervisor_done = anyio.Event()
+        ready = anyio.Event()
+        opened = False
+        try:
+            open_hook = getattr(self._backend, "open", None)
+            if open_hook is not None:
+                open_hook(self._log)
+                opened = True
+            self._resize(runtime.time())
+        except BaseException:
+            self._state = _State.STOPPED
+            self._runtime = None
+            self._shutdown_now()
+            if opened:
+                self._close_backend()
+            raise
+        runtime.spawn_system_task(
+            lambda: self._supervise(ready), name=f"{self._name_prefix}-supervisor"
+        )
+        await ready.wait()
+        self._log.info(
+            "manager.started backend=%s runtime=%s pools=%d max_pools=%d",
+            self._backend.name,
+            runtime.name,
+            len(self._pools),
+            self._max_pools,
+        )
+
+    async def stop(self) -> None:
+        """Shut every pool down and wait for it; a no-op when stopped.
+
+        Waiters are woken with :class:`LeasePoolNotStartedError`, leases stop
+        taking work, queued jobs are cancelled and running ones are waited for,
+        so that no thread or process of the manager is left when this returns.
+        """
+        if self._state is _State.STOPPED:
+            return
+        runtime = self._runtime
+        if runtime is None or not runtime.is_current():
+            raise wrong_loop("this manager")
+        done = self._supervisor_done
+        assert done is not None
+        if self._state is _State.RUNNING:
+            self._state = _State.STOPPING
+            self._log.info("manager.stopping backend=%s", self._backend.name)
+            for lease in list(self._leases.values()):
+                lease._state = LeaseState.RELEASED
+            self._leases.clear()
+            while self._waiters:
+                self._waiters.popleft().event.set()
+            self._wake_supervisor()
+        await done.wait()
+
+    async def __aenter__(self) -> LeasedExecutorManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- leases -------------------------------------------------------------
+
+    async def acquire(
+        self,
+        *,
+        lease_seconds: float | None = None,
+        owner: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> ExecutorLease:
+        """Lease one pool, waiting in FIFO order while all are taken.
+
+        Args:
+            lease_seconds: Time until soft expiry; the manager's
+                ``default_lease_seconds`` if ``None``.
+            owner: A label for logs and ``stats()``.
+            wait: ``False`` raises :class:`LeaseUnavailableError` at once
+                instead of waiting.
+            timeout: Seconds to wait before ``TimeoutError``; ``None`` waits
+                as long as it takes (an enclosing ``anyio.fail_after`` still
+                applies).
+
+        Raises:
+            LeasePoolNotStartedError: The manager is not running, or was
+                stopped while this call waited.
+        """
+        seconds = self._check_acquire_args(lease_seconds, owner, wait, timeout)
+        await checkpoint_if_cancelled()
+        self._check_running()
+        pool = self._take_pool()
+        if pool is None:
+            if not wait:
+                raise self._unavailable()
+            pool = await self._wait_for_pool(timeout)
+            return self._grant(pool, seconds, owner)
+        lease = self._grant(pool, seconds, owner)
+        await cancel_shielded_checkpoint()
+        if self._state is not _State.RUNNING:
+            raise stopped_while_waiting("this manager")
+        return lease
+
+    def acquire_nowait(
+        self, *, lease_seconds: float | None = None, owner: str | None = None
+    ) -> ExecutorLease:
+        """Lease a pool if one is free now, else raise LeaseUnavailableError."""
+        seconds = self._check_acquire_args(lease_seconds, owner, False, None)
+        self._check_running()
+        pool = self._take_pool()
+        if pool is None:
+            raise self._unavailable()
+        return self._grant(pool, seconds, owner)
+
+    @asynccontextmanager
+    async def lease(
+        self,
+        *,
+        lease_seconds: float | None = None,
+        owner: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ExecutorLease]:
+        """Acquire a lease for the body of an ``async with`` block."""
+        lease = await self.acquire(
+            lease_seconds=lease_seconds, owner=owner, wait=wait, timeout=timeout
+        )
+        try:
+            yield lease
+        finally:
+            self._release_lease(lease)
+
+    async def release(self, lease_id: str) -> None:
+        """Release the lease with this id; unknown or ended leases are ignored."""
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            self._release_lease(lease)
+
+    def _check_acquire_args(
+        self,
+        lease_seconds: float | None,
+        owner: str | None,
+        wait: bool,
+        timeout: float | None,
+    ) -> float:
+        if lease_seconds is None:
+            seconds = self._default_lease_seconds
+        else:
+            seconds = check_duration("lease_seconds", lease_seconds)
+        if owner is not None and not isinstance(owner, str):
+            raise ValueError(f"owner must be a string or None, got {owner!r}")
+        if not isinstance(wait, bool):
+            raise ValueError(f"wait must be True or False, got {wait!r}")
+        check_optional_duration("timeout", timeout, allow_zero=True)
+        return seconds
+
+    def _check_running(self) -> None:
+        if self._state is not _State.RUNNING:
+            raise not_started("this manager")
+        runtime = self._runtime
+        if runtime is None or not runtime.is_current():
+            raise wrong_loop("this manager")
+
+    def _unavailable(self) -> LeaseUnavailableError:
+        return LeaseUnavailableError(
+            f"all {self._max_pools} pools are leased"
+            + (f" and {len(self._waiters)} callers wait" if self._waiters else "")
+        )
+
+    def _take_pool(self) -> Pool | None:
+        if self._waiters:
+            return None  # they are first in line
+        if self._idle:
+            pool = self._idle.pop()
+            pool.state = PoolState.LEASED
+            return pool
+        if len(self._pools) < self._max_pools:
+            pool = self._new_pool()
+            pool.state = PoolState.LEASED
+            return pool
+        return None
+
+    async def _wait_for_pool(self, timeout: float | None) -> Pool:
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        self._waited += 1
+        try:
+            if timeout is None:
+                await waiter.event.wait()
+            else:
+                with anyio.fail_after(timeout):
+                    await waiter.event.wait()
+        except BaseException:
+            pool = waiter.pool
+            if pool is not None:
+                # Handed a pool in the same instant as the cancellation: pass
+                # it on rather than lose it.
+                waiter.pool = None
+                self._pool_free(pool)
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass  # already woken by stop()
+            raise
+        if waiter.pool is None or self._state is not _State.RUNNING:
+            raise stopped_while_waiting("this manager")
+        return waiter.pool
+
+    def _grant(self, pool: Pool, seconds: float, owner: str | None) -> ExecutorLease:
+        assert self._runtime is not None
+        lease = make_lease(
+            self,
+            pool,
+            lease_id=f"lease-{next(self._lease_numbers)}",
+            owner=owner,
+            lease_seconds=seconds,
+            grace_seconds=self._grace_seconds,
+            leased_at=self._runtime.time(),
+        )
+        self._leases[lease.lease_id] = lease
+        self._granted += 1
+        if lease.soft_expires_at < self._next_wake:
+            self._wake_supervisor()
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "lease.granted lease_id=%s owner=%s pool=%s seconds=%s",
+                lease.lease_id,
+                owner,
+                pool.name,
+                seconds,
+            )
+        return lease
+
+    def _release_lease(self, lease: ExecutorLease) -> None:
+        if lease._state is not LeaseState.ACTIVE:
+            return
+        runtime = self._runtime
+        if runtime is None or not runtime.is_current():
+            raise wrong_loop("this lease's manager")
+        lease._state = LeaseState.RELEASED
+        del self._leases[lease.lease_id]
+        self._released += 1
+        pool = lease._pool
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "lease.released lease_id=%s owner=%s pool=%s running=%d",
+                lease.lease_id,
+                lease.owner,
+                pool.name,
+                pool.running,
+            )
+        if pool.state is not PoolState.LEASED:
+            return
+        if pool.idle_or_watch():
+            self._pool_free(pool)
+        else:
+            pool.state = PoolState.DRAINING
+
+    # -- pools --------------------------------------------------------------
+
+    def _new_pool(self) -> Pool:
+        runtime = self._runtime
+        assert runtime is not None
+        name = f"{self._name_prefix}-{next(self._pool_numbers)}"
+        executor = self._backend.create_pool(self._workers_per_pool, name)
+
+        def notify_idle(pool: Pool) -> None:
+            runtime.call_soon_threadsafe(self._on_pool_idle, pool)
+
+        pool = Pool(name, executor, self._backend, notify_idle)
+        self._pools[name] = pool
+        self._peak_pools = max(self._peak_pools, len(self._pools))
+        self._log.debug("pool.created pool=%s workers=%d", name, self._workers_per_pool)
+        return pool
+
+    def _on_pool_idle(self, pool: Pool) -> None:
+        # Called on the loop thread when a watched pool's last job is done.
+        if pool.state is PoolState.DRAINING:
+            self._pool_free(pool)
+        elif pool.idle_event is not None:
+            pool.idle_event.set()
+
+    def _pool_free(self, pool: Pool) -> None:
+        """Hand a pool with no unfinished job to the next waiter, or idle it."""
+        if pool.broken or self._state is not _State.RUNNING:
+            self._retire(pool, revoke=False, why="broken" if pool.broken else "stop")
+            return
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            pool.state = PoolState.LEASED
+            waiter.pool = pool
+            waiter.event.set()
+        else:
+            pool.state = PoolState.IDLE
+            self._idle.append(pool)
+
+    def _retire(self, pool: Pool, *, revoke: bool, why: str) -> None:
+        if pool.state is PoolState.RETIRING:
+            return
+        if pool.state is PoolState.IDLE:
+            self._idle.remove(pool)
+        pool.state = PoolState.RETIRING
+        self._retiring += 1
+        level = logging.WARNING if why in ("broken", "revoked") else logging.DEBUG
+        self._log.log(level, "pool.retiring pool=%s reason=%s", pool.name, why)
+        if self._tg is None:  # the supervisor is gone: no one to wait for it
+            pool.executor.shutdown(wait=False, cancel_futures=True)
+            self._pools.pop(pool.name, None)
+            self._retiring -= 1
+            self._retired += 1
+        else:
+            self._tg.start_soon(self._retire_task, pool, revoke)
+
+    async def _retire_task(self, pool: Pool, revoke: bool) -> None:
+        shutdown = self._backend.shutdown_pool
+        try:
+            if revoke:
+                await self._in_thread(lambda: shutdown(pool.executor, revoke=True))
+            if not pool.idle_or_watch():
+                pool.idle_event = anyio.Event()
+                await pool.idle_event.wait()
+            await self._in_thread(lambda: shutdown(pool.executor, revoke=False))
+        except Exception:
+            self._log.exception("pool.shutdown_failed pool=%s", pool.name)
+        finally:
+            if self._pools.pop(pool.name, None) is not None:
+                self._retiring -= 1
+            self._retired += 1
+            self._log.debug("pool.retired pool=%s", pool.name)
+            if self._state is _State.RUNNING:
+                self._fill()
+
+    async def _in_thread(self, fn: Callable[[], None]) -> None:
+        """Run blocking shutdown work on a short-lived thread of our own.
+
+        Not ``anyio.to_thread``: a saturated default limiter (or one the
+        application shares) must never delay giving capacity back.
+        """
+        assert self._runtime is not None
+        fut: cf.Future[None] = cf.Future()
+
+        def target() -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fn()
+                except BaseException as exc:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(None)
+
+        threading.Thread(
+            target=target, name=f"{self._name_prefix}-shutdown", daemon=True
+        ).start()
+        await self._runtime.wait_future(fut)
+
+    def _fill(self) -> None:
+        """Serve waiters from free slots, then grow idle pools to the target."""
+        try:
+            while self._waiters and len(self._pools) < self._max_pools:
+                self._pool_free(self._new_pool())
+            while (
+                len(self._pools) - self._retiring < self._target
+                and len(self._pools) < self._max_pools
+            ):
+                self._pool_free(self._new_pool())
+        except Exception:
+            self._log.exception("pool.create_failed backend=%s", self._backend.name)
+
+    def _shutdown_now(self) -> None:
+        """Shut every pool down without waiting: the event loop is going away."""
+        for pool in list(self._pools.values()):
+            try:
+                pool.executor.shutdown(wait=False, cancel_futures=True)
+            except Exception:
+                self._log.exception("pool.shutdown_failed pool=%s", pool.name)
+        self._pools.clear()
+        self._idle.clear()
+        self._retiring = 0
+
+    def _close_backend(self) -> None:
+        close_hook = getattr(self._backend, "close", None)
+        if close_hook is not None:
+            try:
+                close_hook()
+            except Exception:
+                self._log.exception(
+                    "backend.close_failed backend=%s", self._backend.name
+                )
+
+    # -- supervisor ---------------------------------------------------------
+
+    async def _supervise(self, ready: anyio.Event) -> None:
+        clean = False
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                ready.set()
+                await self._watch()
+                for pool in list(self._pools.values()):
+                    self._retire(pool, revoke=False, why="stop")
+            clean = True
+        except Exception:
+            self._log.exception("manager.supervisor_failed")
+        finally:
+            self._tg = None
+            ready.set()
+            for lease in self._leases.values():
+                lease._state = LeaseState.RELEASED
+            self._leases.clear()
+            self._waiters.clear()
+            if not clean:
+                self._shutdown_now()
+            self._close_backend()
+            self._state = _State.STOPPED
+            self._runtime = None
+            if self._supervisor_done is not None:
+                self._supervisor_done.set()
+            self._log.info(
+                "manager.stopped backend=%s clean=%s", self._backend.name, clean
+            )
+
+    async def _watch(self) -> None:
+        runtime = self._runtime
+        assert runtime is not None
+        while self._state is _State.RUNNING:
+            now = runtime.time()
+            self._expire(now)
+            if self._scale_dirty or now >= self._next_size_check:
+                self._resize(now)
+            deadline = self._next_size_check
+            for lease in self._leases.values():
+                due = (
+                    lease.hard_expires_at
+                    if lease._grace_logged
+                    else lease.soft_expires_at
+                )
+                deadline = min(deadline, due)
+            self._next_wake = deadline
+            self._wake = wake = anyio.Event()
+            with anyio.CancelScope(deadline=deadline):
+                await wake.wait()
+        self._wake = None
+
+    def _wake_supervisor(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _expire(self, now: float) -> None:
+        for lease in list(self._leases.values()):
+            if now >= lease.hard_expires_at:
+                self._revoke(lease)
+            elif now >= lease.soft_expires_at and not lease._grace_logged:
+                lease._grace_logged = True
+                self._log.warning(
+                    "lease.grace lease_id=%s owner=%s revoked_in=%.3fs",
+                    lease.lease_id,
+                    lease.owner,
+                    lease.hard_expires_at - now,
+                )
+
+    def _revoke(self, lease: ExecutorLease) -> None:
+        lease._state = LeaseState.REVOKED
+        del self._leases[lease.lease_id]
+        self._revoked += 1
+        pool = lease._pool
+        pool.revoked = True
+        self._log.warning(
+            "lease.revoked lease_id=%s owner=%s pool=%s running=%d",
+            lease.lease_id,
+            lease.owner,
+            pool.name,
+            pool.running,
+        )
+        if pool.state in (PoolState.LEASED, PoolState.DRAINING):
+            self._retire(pool, revoke=True, why="revoked")
+
+    # -- sizing -------------------------------------------------------------
+
+    def notify_scale_changed(self) -> None:
+        """Ask for the size signal to be read now; safe from any thread."""
+        self._scale_dirty = True
+        runtime = self._runtime
+        if runtime is None or self._state is not _State.RUNNING:
+            return
+        if threading.get_ident() == runtime.thread_id and runtime.is_current():
+            self._wake_supervisor()
+        else:
+            runtime.call_soon_threadsafe(self._wake_supervisor)
+
+    def desired_executor_count(self) -> int:
+        """Return the pool count the size signal asks for right now."""
+        signal = 0.0
+        provider = self._size_provider
+        if provider is not None:
+            try:
+                value: object = provider()
+            except Exception:
+                self._log.exception("size_provider.failed")
+                value = 0
+            if type(value) is bool or not isinstance(value, int | float):
+                close = getattr(value, "close", None)
+                if close is not None and hasattr(value, "__await__"):
+                    close()  # an async provider: never awaited, so say nothing
+                self._log.warning("size_provider.invalid value=%r", value)
+            elif not math.isfinite(value) or value < 0:
+                self._log.warning("size_provider.invalid value=%r", value)
+            else:
+                signal = float(value)
+        wanted = math.ceil(signal / self._units_per_pool)
+        return min(self._max_pools, max(self._min_pools, wanted))
+
+    def _resize(self, now: float) -> None:
+        self._scale_dirty = False
+        self._next_size_check = now + self._check_interval
+        target = self.desired_executor_count()
+        if target != self._target:
+            self._log.info("sizing.target old=%d new=%d", self._target, target)
+        self._target = target
+        excess = len(self._pools) - self._retiring - target
+        while excess > 0 and self._idle:
+            self._retire(self._idle[0], revoke=False, why="shrink")
+            excess -= 1
+        self._fill()
+
+    # -- introspection ------------------------------------------------------
+
+    @property
+    def backend(self) -> ExecutorBackend | str:
+        """The built-in backend kind, or a custom backend's ``name``."""
+        return self._kind if self._kind is not None else self._backend.name
+
+    @property
+    def started(self) -> bool:
+        """Whether the manager is running (started and not stopping)."""
+        return self._state is _State.RUNNING
+
+    @property
+    def available_count(self) -> int:
+        """Idle pools, free to lease without waiting."""
+        return len(self._idle)
+
+    @property
+    def leased_count(self) -> int:
+        """Pools not free: leased, draining, or quarantined after revocation."""
+        return len(self._pools) - len(self._idle)
+
+    @property
+    def total_count(self) -> int:
+        """Every pool alive, all counted against ``max_pools``."""
+        return len(self._pools)
+
+    @property
+    def waiting_count(self) -> int:
+        """Callers queued in ``acquire``."""
+        return len(self._waiters)
+
+    def _now(self) -> float:
+        runtime = self._runtime
+        return runtime.time() if runtime is not None else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts, settings and one entry per live lease, as a dict."""
+        now = self._now()
+        pools = list(self._pools.values())
+        retiring = [p for p in pools if p.state is PoolState.RETIRING]
+        quarantined = [p for p in retiring if p.running]
+        return {
+            "backend": str(self._backend.name),
+            "started": self._state is _State.RUNNING,
+            "desired": self.desired_executor_count(),
+            "max_pools": self._max_pools,
+            "min_pools": self._min_pools,
+            "units_per_pool": self._units_per_pool,
+            "workers_per_pool": self._workers_per_pool,
+            "available": len(self._idle),
+            "leased": len(pools) - len(self._idle),
+            "total": len(pools),
+            "waiting": len(self._waiters),
+            "draining": sum(p.state is PoolState.DRAINING for p in pools),
+            "quarantined": len(quarantined),
+            "quarantined_jobs": sum(p.running for p in quarantined),
+            "quarantined_pools": [
+                {"pool": p.name, "running_jobs": p.running, "revoked": p.revoked}
+                for p in quarantined
+            ],
+            "leases_granted": self._granted,
+            "leases_released": self._released,
+            "leases_revoked": self._revoked,
+            "leases_waited": self._waited,
+            "pools_retired": self._retired,
+            "peak_pools": self._peak_pools,
+            "leases": [
+                {
+                    "lease_id": lease.lease_id,
+                    "owner": lease.owner,
+                    "pool": lease._pool.name,
+                    "running_jobs": lease._pool.running,
+                    "seconds_until_soft_expiry": lease.soft_expires_at - now,
+                    "seconds_until_hard_expiry": lease.hard_expires_at - now,
+                }
+                for lease in list(self._leases.values())
+            ],
+        }
+
+    def statistics(self) -> ManagerStatistics:
+        """Return a frozen snapshot of the manager's counts."""
+        s = self.stats()
+        return ManagerStatistics(
+            backend=s["backend"],
+            started=s["started"],
+            desired=s["desired"],
+            max_pools=s["max_pools"],
+            min_pools=s["min_pools"],
+            workers_per_pool=s["workers_per_pool"],
+            available=s["available"],
+            leased=s["leased"],
+            total=s["total"],
+            waiting=s["waiting"],
+            draining=s["draining"],
+            quarantined=s["quarantined"],
+            quarantined_jobs=s["quarantined_jobs"],
+            leases_granted=s["leases_granted"],
+            leases_released=s["leases_released"],
+            leases_revoked=s["leases_revoked"],
+            pools_retired=s["pools_retired"],
+            peak_pools=s["peak_pools"],
+        )
+
+    def __repr__(self) -> str:
+        state = "" if self._state is _State.RUNNING else f" {self._state.value}"
+        return (
+            f"<LeasedExecutorManager {self._backend.name}{state} "
+            f"{self.leased_count}/{self._max_pools} leased, "
+            f"{len(self._waiters)} waiting>"
+        )
+
+
+def _logging_config(
+    config: ProcessLoggingConfig | None,
+    forward: bool,
+    level: int,
+    target: logging.Logger | None,
+    clear: bool,
+) -> ProcessLoggingConfig:
+    shortcuts_used = (
+        forward is not False
+        or level != logging.INFO
+        or target is not None
+        or clear is not True
+    )
+    if config is not None:
+        if not isinstance(config, ProcessLoggingConfig):
+            raise ValueError(
+                "process_logging must be a ProcessLoggingConfig or None, "
+                f"got {config!r}"
+            )
+        if shortcuts_used:
+            raise ValueError(
+                "process_logging cannot be combined with forward_process_logs or "
+                "process_log_* arguments; put every setting in the config"
+            )
+        return config
+    if not isinstance(forward, bool):
+        raise ValueError(f"forward_process_logs must be True or False, got {forward!r}")
+    _check_level("process_log_level", level)
+    if target is not None and not isinstance(target, logging.Logger):
+        raise ValueError(
+            "process_log_target_logger must be a logging.Logger or None, "
+            f"got {target!r}"
+        )
+    if not isinstance(clear, bool):
+        raise ValueError(
+            f"clear_process_log_handlers must be True or False, got {clear!r}"
+        )
+    return ProcessLoggingConfig(
+        enabled=forward, level=level, target_logger=target, clear_child_handlers=clear
+    )

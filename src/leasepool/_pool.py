@@ -1,0 +1,116 @@
+"""One executor under the manager's care, and the count of its unfinished jobs.
+
+The job count is the one piece of manager state touched off the event loop:
+jobs are submitted from the loop (``lease.run``) or any thread (the lease's
+executor proxy) and finish on worker threads. It lives behind a small lock, and
+the only thing a worker thread ever asks of the loop is "this pool just went
+idle", sent with :meth:`Runtime.call_soon_threadsafe` and only when the manager
+asked to be told.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import enum
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._backends import PoolBackend
+
+__all__ = ["Pool", "PoolState"]
+
+T = TypeVar("T")
+
+
+class PoolState(enum.Enum):
+    IDLE = "idle"  # free to hand out
+    LEASED = "leased"  # held by a live lease (or granted to a waiter)
+    DRAINING = "draining"  # lease released, its jobs still running
+    RETIRING = "retiring"  # never reused; counted until its workers are gone
+
+
+class Pool:
+    """An executor, its state, and how many of its jobs have not finished."""
+
+    __slots__ = (
+        "_lock",
+        "_notify_idle",
+        "_watching",
+        "backend",
+        "broken",
+        "executor",
+        "idle_event",
+        "name",
+        "revoked",
+        "running",
+        "state",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        executor: cf.Executor,
+        backend: PoolBackend,
+        notify_idle: Callable[[Pool], object],
+    ) -> None:
+        self.name = name
+        self.executor = executor
+        self.backend = backend
+        self.state = PoolState.IDLE
+        self.running = 0
+        self.broken = False
+        self.revoked = False
+        # Set by the manager while it waits for a retiring pool to go idle.
+        self.idle_event: Any = None
+        self._lock = threading.Lock()
+        self._watching = False
+        self._notify_idle = notify_idle
+
+    def submit(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> cf.Future[T]:
+        """Submit a job and count it until its future is done."""
+        with self._lock:
+            self.running += 1
+        try:
+            fut = self.executor.submit(fn, *args, **kwargs)
+        except BaseException as exc:
+            if self.backend.is_broken_error(exc):
+                self.broken = True
+            self._job_finished()
+            raise
+        fut.add_done_callback(self._on_done)
+        return fut
+
+    def _on_done(self, fut: cf.Future[Any]) -> None:
+        # Runs on a worker thread (or wherever the future was cancelled).
+        if not fut.cancelled():
+            exc = fut.exception()
+            if exc is not None and self.backend.is_broken_error(exc):
+                self.broken = True
+        self._job_finished()
+
+    def _job_finished(self) -> None:
+        with self._lock:
+            self.running -= 1
+            tell = self._watching and self.running == 0
+            if tell:
+                self._watching = False
+        if tell:
+            self._notify_idle(self)
+
+    def idle_or_watch(self) -> bool:
+        """Return ``True`` if no job is unfinished; else arrange to be told.
+
+        After ``False``, the pool's ``notify_idle`` callback fires exactly once,
+        when the last unfinished job is done.
+        """
+        with self._lock:
+            if self.running == 0:
+                return True
+            self._watching = True
+            return False
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name} {self.state.value} running={self.running}>"

@@ -1,0 +1,199 @@
+"""Runtime glue: the only module that touches asyncio or trio directly.
+
+Everything else in leasepool is written against anyio. Three jobs need the native
+event loop underneath, because anyio offers no public API for them that is cheap
+enough for the per-call hot path:
+
+* waking a task when a ``concurrent.futures.Future`` finishes on a worker,
+  without borrowing a thread (or a limiter token) to wait for it;
+* scheduling a callback onto the owning loop from any thread, in a way that
+  becomes a silent no-op once the loop or trio run has ended (a job finishing
+  after the loop must not raise or log on its worker thread);
+* spawning the manager's supervisor as a task that lives from ``start()`` to
+  ``stop()`` even when those are called from different tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+__all__ = ["Runtime", "current_runtime"]
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """The event loop (asyncio) or run (trio) that owns a started manager."""
+
+    __slots__ = ("name", "thread_id")
+
+    name: str
+    thread_id: int
+
+    def is_current(self) -> bool:
+        """Tell whether the calling code runs inside this loop or run."""
+        raise NotImplementedError
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Schedule ``fn(*args)`` on the loop from any thread.
+
+        Returns ``False``, doing nothing, once the loop is closed or the run has
+        finished: nobody is left to act on the call.
+        """
+        raise NotImplementedError
+
+    async def wait_future(self, fut: Future[T]) -> T:
+        """Wait for ``fut`` without holding a thread; cancel it if cancelled.
+
+        Cancelling the waiting task cancels ``fut`` if it has not started and
+        returns promptly either way; work already running goes on in its worker.
+        """
+        raise NotImplementedError
+
+    def spawn_system_task(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], name: str
+    ) -> None:
+        """Run ``fn()`` as a task not tied to the caller's task or cancel scope."""
+        raise NotImplementedError
+
+    def time(self) -> float:
+        """Return the loop's clock, the one ``anyio.current_time()`` reads."""
+        raise NotImplementedError
+
+
+def _wake_asyncio(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _AsyncioRuntime(Runtime):
+    __slots__ = ("_loop", "_tasks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = "asyncio"
+        self.thread_id = threading.get_ident()
+        self._loop = loop
+        # Strong references: asyncio keeps only weak ones to running tasks.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def is_current(self) -> bool:
+        return asyncio._get_running_loop() is self._loop
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> bool:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    async def wait_future(self, fut: Future[T]) -> T:
+        loop = self._loop
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def on_done(_: Future[T]) -> None:
+            try:
+                loop.call_soon_threadsafe(_wake_asyncio, waiter)
+            except RuntimeError:  # the loop is closed: nobody is waiting
+                pass
+
+        fut.add_done_callback(on_done)
+        try:
+            await waiter
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut.result()
+
+    def spawn_system_task(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], name: str
+    ) -> None:
+        task = self._loop.create_task(fn(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def time(self) -> float:
+        return self._loop.time()
+
+
+class _TrioRuntime(Runtime):
+    __slots__ = ("_token", "_trio")
+
+    def __init__(self, trio: Any, token: Any) -> None:
+        self.name = "trio"
+        self.thread_id = threading.get_ident()
+        self._trio = trio
+        self._token = token
+
+    def is_current(self) -> bool:
+        try:
+            return bool(self._trio.lowlevel.current_trio_token() is self._token)
+        except RuntimeError:
+            return False
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> bool:
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except self._trio.RunFinishedError:
+            return False
+        return True
+
+    async def wait_future(self, fut: Future[T]) -> T:
+        lowlevel = self._trio.lowlevel
+        task = lowlevel.current_task()
+        aborted = False
+
+        def wake() -> None:  # runs in the trio thread
+            if not aborted:
+                lowlevel.reschedule(task)
+
+        def on_done(_: Future[T]) -> None:  # runs in the worker thread
+            try:
+                self._token.run_sync_soon(wake)
+            except self._trio.RunFinishedError:
+                pass
+
+        def abort(_: object) -> object:
+            nonlocal aborted
+            aborted = True
+            fut.cancel()
+            return lowlevel.Abort.SUCCEEDED
+
+        fut.add_done_callback(on_done)
+        await lowlevel.wait_task_rescheduled(abort)
+        return fut.result()
+
+    def spawn_system_task(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], name: str
+    ) -> None:
+        self._trio.lowlevel.spawn_system_task(fn, name=name)
+
+    def time(self) -> float:
+        return float(self._trio.current_time())
+
+
+def current_runtime() -> Runtime:
+    """Return the runtime of the calling task.
+
+    trio is asked first: in trio's guest mode an asyncio loop is also running,
+    but the calling code is trio's.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+        else:
+            return _TrioRuntime(trio, token)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "leasepool must be used from a running asyncio event loop or trio run"
+        ) from None
+    return _AsyncioRuntime(loop)
