@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from _harness import run, time_calls, wait_concurrent_future
-from _jobs import noop, small_cpu_job
+from _jobs import expected_checksum, noop, small_cpu_job
 from _pairs import acquire_rounds, probe_wakes
 
 Params = dict[str, Any]
@@ -142,6 +142,7 @@ def grinder_anyio_direct(runtime: str, p: Params) -> Result:
 
 def process_raw_pool(runtime: str, p: Params) -> Result:
     """The same CPU jobs on a raw ProcessPoolExecutor of the same size."""
+    checksum = expected_checksum(p["job_size"])
 
     async def main() -> float:
         context = multiprocessing.get_context(p["start_method"])
@@ -149,7 +150,8 @@ def process_raw_pool(runtime: str, p: Params) -> Result:
 
             async def call_once() -> None:
                 future = pool.submit(small_cpu_job, p["job_size"])
-                await wait_concurrent_future(runtime, future)
+                if await wait_concurrent_future(runtime, future) != checksum:
+                    raise RuntimeError("small_cpu_job returned a wrong checksum")
 
             return await time_calls(
                 runtime, p["callers"], p["jobs"], p["warmup"], call_once

@@ -15,7 +15,7 @@ import multiprocessing
 from typing import Any
 
 from _harness import NotAvailableError, run, time_calls
-from _jobs import noop, small_cpu_job
+from _jobs import expected_checksum, noop, small_cpu_job
 from _pairs import acquire_rounds, probe_wakes
 
 Params = dict[str, Any]
@@ -131,6 +131,7 @@ def grinder(runtime: str, p: Params) -> Result:
 
 def process(runtime: str, p: Params) -> Result:
     """Small CPU jobs through ``lease.run`` on the process backend."""
+    checksum = expected_checksum(p["job_size"])
     lib = _lib()
 
     async def main() -> float:
@@ -147,7 +148,8 @@ def process(runtime: str, p: Params) -> Result:
             try:
 
                 async def call_once() -> None:
-                    await lease.run(small_cpu_job, p["job_size"])
+                    if await lease.run(small_cpu_job, p["job_size"]) != checksum:
+                        raise RuntimeError("small_cpu_job returned a wrong checksum")
 
                 return await time_calls(
                     runtime, p["callers"], p["jobs"], p["warmup"], call_once

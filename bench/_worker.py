@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import _anchors
 import _leasing
 from _harness import NotAvailableError
+from _jobs import noop_calls
 
 
 def _versions() -> dict[str, str]:
@@ -45,7 +46,19 @@ def _measure(request: dict[str, Any]) -> dict[str, Any]:
         function = _leasing.CONTENDERS[scenario]
     else:
         function = _anchors.CONTENDERS[(scenario, contender)]
-    return function(request["runtime"], request["params"])
+    params = request["params"]
+    noop_calls(reset=True)
+    result = function(request["runtime"], params)
+    # Every timed (and warm-up) no-op call must really have run: a contender
+    # that dropped work would otherwise look fast.
+    expected = {
+        "call": params.get("calls", 0) + params.get("warmup", 0),
+        "grinder": params.get("jobs", 0),
+    }.get(scenario)
+    ran = noop_calls(reset=True)
+    if expected is not None and ran != expected:
+        raise RuntimeError(f"{ran} of {expected} no-op calls ran")
+    return result
 
 
 def _handle(request: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,6 @@ released or, after a soft expiry and a grace period, revoked. Everything is
 written against anyio, so it behaves the same under asyncio and trio.
 """
 
-from __future__ import annotations
-
 from ._backends import ExecutorBackend, PoolBackend
 from ._errors import (
     GrinderFullError,
@@ -16,7 +14,10 @@ from ._errors import (
     LeasePoolNotStartedError,
     LeaseUnavailableError,
     UnsupportedBackendError,
+    WorkerExceptionError,
 )
+from ._grinder import WorkGrinder
+from ._grinder_handle import GrinderHandle, GrinderStatistics
 from ._lease import ExecutorLease, LeaseState
 from ._manager import LeasedExecutorManager, ManagerStatistics
 from ._process_logging import ProcessLoggingConfig
@@ -25,6 +26,8 @@ __all__ = [
     "ExecutorBackend",
     "ExecutorLease",
     "GrinderFullError",
+    "GrinderHandle",
+    "GrinderStatistics",
     "LeaseExpiredError",
     "LeasePoolError",
     "LeasePoolNotStartedError",
@@ -35,6 +38,8 @@ __all__ = [
     "PoolBackend",
     "ProcessLoggingConfig",
     "UnsupportedBackendError",
+    "WorkGrinder",
+    "WorkerExceptionError",
 ]
 
 __version__ = "0.2.0.dev0"

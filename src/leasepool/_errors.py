@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "GrinderFullError",
     "LeaseExpiredError",
@@ -9,6 +11,7 @@ __all__ = [
     "LeasePoolNotStartedError",
     "LeaseUnavailableError",
     "UnsupportedBackendError",
+    "WorkerExceptionError",
 ]
 
 
@@ -36,6 +39,34 @@ class GrinderFullError(LeasePoolError):
     """The grinder's pending queue is at ``max_pending`` and waiting was refused."""
 
 
+class WorkerExceptionError(LeasePoolError):
+    """A process job raised an exception that could not be brought back intact.
+
+    Raised in place of the job's own exception when that cannot be pickled in
+    the worker or rebuilt in the parent, for example an exception class whose
+    ``__init__`` takes other arguments than it passes to ``Exception``. Only
+    that job fails; the pool stays usable. The worker's traceback is the
+    ``__cause__``.
+
+    Attributes:
+        exception_type: Qualified name of the exception the job raised.
+        message: What ``str()`` of that exception said in the worker.
+        reason: Why it could not be brought back.
+    """
+
+    def __init__(self, exception_type: str, message: str, reason: str) -> None:
+        super().__init__(
+            f"the job raised {exception_type}({message!r}) in its worker process, "
+            f"and the exception could not be brought back: {reason}"
+        )
+        self.exception_type = exception_type
+        self.message = message
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.exception_type, self.message, self.reason))
+
+
 def not_started(what: str) -> LeasePoolNotStartedError:
     return LeasePoolNotStartedError(
         f"{what} is not running: use 'async with' or 'await start()' first"
@@ -48,6 +79,19 @@ def stopped_while_waiting(what: str) -> LeasePoolNotStartedError:
 
 def lease_gone(lease_id: str, state: str) -> LeaseExpiredError:
     return LeaseExpiredError(f"lease {lease_id!r} is {state} and takes no new work")
+
+
+def job_cancelled(lease_id: str, state: str) -> LeaseExpiredError:
+    return LeaseExpiredError(
+        f"the job was cancelled before it started: lease {lease_id!r} is {state}"
+    )
+
+
+def grinder_full(limit: int) -> GrinderFullError:
+    return GrinderFullError(
+        f"the grinder already holds max_pending={limit} queued calls "
+        "and wait=False was given"
+    )
 
 
 def wrong_loop(what: str) -> RuntimeError:

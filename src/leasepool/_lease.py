@@ -8,7 +8,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, ParamSpec, TypeVar, final
 
-from ._errors import lease_gone, wrong_loop
+from ._errors import job_cancelled, lease_gone, wrong_loop
 
 if TYPE_CHECKING:
     from ._manager import LeasedExecutorManager
@@ -121,8 +121,17 @@ class ExecutorLease:
         runtime = self._manager._runtime
         if runtime is None or not runtime.is_current():
             raise wrong_loop("this lease's manager")
-        fut = pool.submit(fn, args, kwargs)
-        return await runtime.wait_future(fut)
+        fut = pool.submit(self, fn, args, kwargs)
+        if fut is None:
+            raise lease_gone(self.lease_id, self._state.value)
+        try:
+            return await runtime.wait_future(fut)
+        except cf.CancelledError:
+            # Only the manager cancels this future (revocation or stop cancels
+            # queued work): say so, rather than leak concurrent.futures' error.
+            if not fut.cancelled():
+                raise
+            raise job_cancelled(self.lease_id, self._state.value) from None
 
     async def release(self) -> None:
         """Give the pool back to the manager; calling it again does nothing.
@@ -162,13 +171,16 @@ class _LeaseExecutor(cf.Executor):
         lease = self._lease
         pool = lease._live_pool()
         try:
-            return pool.submit(fn, args, kwargs)
+            fut = pool.submit(lease, fn, args, kwargs)
         except RuntimeError:
             # The pool was shut down between the check and the submit: the
             # lease was revoked or the manager stopped from the loop thread.
             if not lease.active:
                 raise lease_gone(lease.lease_id, lease.state.value) from None
             raise
+        if fut is None:  # released or revoked since the check above
+            raise lease_gone(lease.lease_id, lease.state.value)
+        return fut
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         raise RuntimeError(

@@ -11,11 +11,21 @@ across revocation. A pool moves through these states (see ``PoolState``)::
                         │  └──release, jobs running──▶ DRAINING ──last job──▶ IDLE
                         └──revoked / broken / shrunk / stop──▶ RETIRING ──▶ gone
 
+A DRAINING pool is still bound by its released lease's hard expiry: releasing is
+no way around revocation, so at that time it is revoked like a leased one.
+
 A RETIRING pool is shut down in the background by the supervisor: a revoked
 process pool has its workers killed first; then the manager waits until no job
 of the pool is unfinished (threads and interpreters cannot be killed, so a
 revoked thread pool stays *quarantined* here until its running work returns),
-joins the workers from a short-lived thread, and only then frees the slot.
+joins the workers from a short-lived thread, and only then frees the slot. A
+``stop()`` that is itself cancelled cuts this short: every retirement then
+shuts its pool down by force and waits for no job.
+
+A pool knows the one lease allowed to submit to it (its *holder*); the check
+and the job count change together under the pool's lock, so a submit from
+another thread racing a release either lands first (and the release drains) or
+is refused with ``LeaseExpiredError``, never reaching the pool's next holder.
 
 Waiters queue FIFO. A freed pool is handed straight to the oldest waiter
 (``_Waiter.pool`` is set before its event), so a later ``wait=False`` caller can
@@ -41,6 +51,7 @@ import itertools
 import logging
 import math
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -50,7 +61,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from ._backends import ExecutorBackend, PoolBackend, resolve_backend
 from ._errors import (
@@ -60,6 +71,7 @@ from ._errors import (
     wrong_loop,
 )
 from ._lease import ExecutorLease, LeaseState, make_lease
+from ._log import GuardedLogger
 from ._pool import Pool, PoolState
 from ._process_logging import ProcessLoggingConfig, _check_level
 from ._runtime import Runtime, current_runtime
@@ -202,7 +214,7 @@ class LeasedExecutorManager:
         self._name_prefix = name_prefix
         if logger is not None and not isinstance(logger, logging.Logger):
             raise ValueError(f"logger must be a logging.Logger or None, got {logger!r}")
-        self._log = logger if logger is not None else _module_log
+        self._log = GuardedLogger(logger if logger is not None else _module_log)
         self._process_logging = _logging_config(
             process_logging,
             forward_process_logs,
@@ -210,7 +222,9 @@ class LeasedExecutorManager:
             process_log_target_logger,
             clear_process_log_handlers,
         )
-        backend_obj, kind = resolve_backend(backend, executor_kwargs)
+        backend_obj, kind = resolve_backend(
+            backend, executor_kwargs, process_logging=self._process_logging
+        )
         if self._process_logging.enabled and kind is not ExecutorBackend.PROCESS:
             raise ValueError(
                 "process log forwarding needs backend='process', "
@@ -224,12 +238,20 @@ class LeasedExecutorManager:
         self._pools: dict[str, Pool] = {}
         self._idle: list[Pool] = []
         self._leases: dict[str, ExecutorLease] = {}
+        # Pools of released leases whose jobs still run, with the lease whose
+        # hard expiry still bounds them.
+        self._draining: dict[Pool, ExecutorLease] = {}
         self._waiters: deque[_Waiter] = deque()
         self._target = self._min_pools
         self._retiring = 0
         self._pool_numbers = itertools.count(1)
         self._lease_numbers = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
+        # Scopes of running retirements, cancelled when a stop() is cancelled.
+        self._retire_scopes: set[anyio.CancelScope] = set()
+        # Pools waiting for the supervisor to start their retirement.
+        self._retire_requests: list[tuple[Pool, bool]] = []
+        self._abandoned = False
         self._wake: anyio.Event | None = None
         self._supervisor_done: anyio.Event | None = None
         self._next_wake = math.inf
@@ -245,7 +267,11 @@ class LeasedExecutorManager:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the initial pools and the supervisor; a no-op when started."""
+        """Create the initial pools and the supervisor; a no-op when started.
+
+        A start that raises (cancelled, say) leaves the manager stopped.
+        """
+        await checkpoint_if_cancelled()
         if self._state is not _State.STOPPED:
             runtime = self._runtime
             if runtime is None or not runtime.is_current():
@@ -259,13 +285,14 @@ class LeasedExecutorManager:
         self._state = _State.RUNNING
         self._next_wake = math.inf
         self._scale_dirty = False
+        self._abandoned = False
         self._supervisor_done = anyio.Event()
         ready = anyio.Event()
         opened = False
         try:
             open_hook = getattr(self._backend, "open", None)
             if open_hook is not None:
-                open_hook(self._log)
+                open_hook(self._log.logger)
                 opened = True
             self._resize(runtime.time())
         except BaseException:
@@ -278,7 +305,11 @@ class LeasedExecutorManager:
         runtime.spawn_system_task(
             lambda: self._supervise(ready), name=f"{self._name_prefix}-supervisor"
         )
-        await ready.wait()
+        # Shielded: the supervisor sets ``ready`` in its first step, and a
+        # start cancelled after spawning it would leave a manager that the
+        # caller's ``async with`` never stops.
+        with anyio.CancelScope(shield=True):
+            await ready.wait()
         self._log.info(
             "manager.started backend=%s runtime=%s pools=%d max_pools=%d",
             self._backend.name,
@@ -293,7 +324,15 @@ class LeasedExecutorManager:
         Waiters are woken with :class:`LeasePoolNotStartedError`, leases stop
         taking work, queued jobs are cancelled and running ones are waited for,
         so that no thread or process of the manager is left when this returns.
+
+        If the caller is cancelled while this waits, the stop turns forceful
+        before the cancellation goes on: running jobs are no longer waited for
+        (process workers are killed; threads finish on their own), and the
+        manager is stopped when the cancellation propagates.
         """
+        await self._stop(force=False)
+
+    async def _stop(self, *, force: bool) -> None:
         if self._state is _State.STOPPED:
             return
         runtime = self._runtime
@@ -304,13 +343,32 @@ class LeasedExecutorManager:
         if self._state is _State.RUNNING:
             self._state = _State.STOPPING
             self._log.info("manager.stopping backend=%s", self._backend.name)
-            for lease in list(self._leases.values()):
-                lease._state = LeaseState.RELEASED
-            self._leases.clear()
+            self._end_leases()
             while self._waiters:
                 self._waiters.popleft().event.set()
             self._wake_supervisor()
-        await done.wait()
+        if force:
+            self._abandon_retirements()
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                self._abandon_retirements()
+                await done.wait()
+            raise
+
+    def _end_leases(self) -> None:
+        for lease in self._leases.values():
+            lease._state = LeaseState.RELEASED
+            lease._pool.drop_holder()
+        self._leases.clear()
+        self._draining.clear()
+
+    def _abandon_retirements(self) -> None:
+        """Stop waiting for running jobs: every retirement shuts down by force."""
+        self._abandoned = True
+        for scope in list(self._retire_scopes):
+            scope.cancel()
 
     async def __aenter__(self) -> LeasedExecutorManager:
         await self.start()
@@ -322,7 +380,12 @@ class LeasedExecutorManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
+        # Ctrl-C (or sys.exit) must let the program end promptly: do not wait
+        # for running jobs, kill process workers instead.
+        force = exc_type is not None and issubclass(
+            exc_type, KeyboardInterrupt | SystemExit
+        )
+        await self._stop(force=force)
 
     # -- leases -------------------------------------------------------------
 
@@ -346,24 +409,25 @@ class LeasedExecutorManager:
                 as long as it takes (an enclosing ``anyio.fail_after`` still
                 applies).
 
+        When a pool is free the call only checks for cancellation and returns
+        without yielding to other tasks, like ``acquire_nowait``.
+
         Raises:
             LeasePoolNotStartedError: The manager is not running, or was
                 stopped while this call waited.
         """
         seconds = self._check_acquire_args(lease_seconds, owner, wait, timeout)
-        await checkpoint_if_cancelled()
-        self._check_running()
+        runtime = self._check_running()
+        await runtime.checkpoint_if_cancelled()
         pool = self._take_pool()
         if pool is None:
             if not wait:
                 raise self._unavailable()
             pool = await self._wait_for_pool(timeout)
-            return self._grant(pool, seconds, owner)
-        lease = self._grant(pool, seconds, owner)
-        await cancel_shielded_checkpoint()
-        if self._state is not _State.RUNNING:
-            raise stopped_while_waiting("this manager")
-        return lease
+        # A free pool is granted without yielding to the scheduler: the caller
+        # is still cancellable above, and a yield here would cost a full loop
+        # pass on the hottest path for no change in who gets the pool.
+        return self._grant(pool, seconds, owner)
 
     def acquire_nowait(
         self, *, lease_seconds: float | None = None, owner: str | None = None
@@ -394,8 +458,21 @@ class LeasedExecutorManager:
         finally:
             self._release_lease(lease)
 
-    async def release(self, lease_id: str) -> None:
-        """Release the lease with this id; unknown or ended leases are ignored."""
+    async def release(self, lease_id: str | ExecutorLease) -> None:
+        """Release the lease with this id (or the lease itself).
+
+        Ids of unknown or ended leases are ignored, so a release after a
+        revocation is harmless.
+        """
+        if isinstance(lease_id, ExecutorLease):
+            if lease_id._manager is not self:
+                raise ValueError(f"lease_id {lease_id!r} is a lease of another manager")
+            self._release_lease(lease_id)
+            return
+        if not isinstance(lease_id, str):
+            raise ValueError(
+                f"lease_id must be a lease id string or a lease, got {lease_id!r}"
+            )
         lease = self._leases.get(lease_id)
         if lease is not None:
             self._release_lease(lease)
@@ -418,12 +495,13 @@ class LeasedExecutorManager:
         check_optional_duration("timeout", timeout, allow_zero=True)
         return seconds
 
-    def _check_running(self) -> None:
+    def _check_running(self) -> Runtime:
         if self._state is not _State.RUNNING:
             raise not_started("this manager")
         runtime = self._runtime
         if runtime is None or not runtime.is_current():
             raise wrong_loop("this manager")
+        return runtime
 
     def _unavailable(self) -> LeaseUnavailableError:
         return LeaseUnavailableError(
@@ -482,6 +560,7 @@ class LeasedExecutorManager:
             grace_seconds=self._grace_seconds,
             leased_at=self._runtime.time(),
         )
+        pool.hold(lease)
         self._leases[lease.lease_id] = lease
         self._granted += 1
         if lease.soft_expires_at < self._next_wake:
@@ -514,12 +593,14 @@ class LeasedExecutorManager:
                 pool.name,
                 pool.running,
             )
+        idle = pool.release_holder()
         if pool.state is not PoolState.LEASED:
             return
-        if pool.idle_or_watch():
+        if idle:
             self._pool_free(pool)
         else:
             pool.state = PoolState.DRAINING
+            self._draining[pool] = lease
 
     # -- pools --------------------------------------------------------------
 
@@ -528,9 +609,14 @@ class LeasedExecutorManager:
         assert runtime is not None
         name = f"{self._name_prefix}-{next(self._pool_numbers)}"
         executor = self._backend.create_pool(self._workers_per_pool, name)
+        # Weak: a job's future, which a user may keep, must not keep the
+        # manager alive through this callback.
+        on_idle = weakref.WeakMethod(self._on_pool_idle)
 
         def notify_idle(pool: Pool) -> None:
-            runtime.call_soon_threadsafe(self._on_pool_idle, pool)
+            method = on_idle()
+            if method is not None:
+                runtime.call_soon_threadsafe(method, pool)
 
         pool = Pool(name, executor, self._backend, notify_idle)
         self._pools[name] = pool
@@ -547,6 +633,7 @@ class LeasedExecutorManager:
 
     def _pool_free(self, pool: Pool) -> None:
         """Hand a pool with no unfinished job to the next waiter, or idle it."""
+        self._draining.pop(pool, None)
         if pool.broken or self._state is not _State.RUNNING:
             self._retire(pool, revoke=False, why="broken" if pool.broken else "stop")
             return
@@ -564,6 +651,8 @@ class LeasedExecutorManager:
             return
         if pool.state is PoolState.IDLE:
             self._idle.remove(pool)
+        self._draining.pop(pool, None)
+        pool.drop_holder()
         pool.state = PoolState.RETIRING
         self._retiring += 1
         level = logging.WARNING if why in ("broken", "revoked") else logging.DEBUG
@@ -574,26 +663,61 @@ class LeasedExecutorManager:
             self._retiring -= 1
             self._retired += 1
         else:
-            self._tg.start_soon(self._retire_task, pool, revoke)
+            # Started by the supervisor, not here: this may run as a bare loop
+            # callback (a pool going idle), where no task exists to spawn from.
+            self._retire_requests.append((pool, revoke))
+            self._wake_supervisor()
+
+    def _start_retirements(self, tg: anyio.abc.TaskGroup) -> None:
+        requests = self._retire_requests
+        while requests:
+            pool, revoke = requests.pop(0)
+            tg.start_soon(self._retire_task, pool, revoke)
 
     async def _retire_task(self, pool: Pool, revoke: bool) -> None:
         shutdown = self._backend.shutdown_pool
+        scope = anyio.CancelScope()
+        self._retire_scopes.add(scope)
+        finished = False
         try:
-            if revoke:
-                await self._in_thread(lambda: shutdown(pool.executor, revoke=True))
-            if not pool.idle_or_watch():
-                pool.idle_event = anyio.Event()
-                await pool.idle_event.wait()
-            await self._in_thread(lambda: shutdown(pool.executor, revoke=False))
+            with scope:
+                if self._abandoned:
+                    scope.cancel()
+                if revoke:
+                    # Stop what can be stopped (queued work; process workers),
+                    # then keep the pool counted while its jobs still run.
+                    await self._in_thread(lambda: shutdown(pool.executor, revoke=True))
+                    await self._wait_idle(pool)
+                # Gently: queued work is cancelled, running work waited for.
+                await self._in_thread(lambda: shutdown(pool.executor, revoke=False))
+                # A custom backend may return before its jobs are done.
+                await self._wait_idle(pool)
+            if scope.cancelled_caught:
+                # A cancelled stop(): shut down by force, wait for no job.
+                with anyio.CancelScope(shield=True):
+                    await self._in_thread(lambda: shutdown(pool.executor, revoke=True))
+            finished = True
         except Exception:
+            finished = True
             self._log.exception("pool.shutdown_failed pool=%s", pool.name)
         finally:
+            self._retire_scopes.discard(scope)
+            if not finished:
+                # The event loop is going away under us: nothing can be
+                # awaited any more, so ask without waiting.
+                self._shutdown_quietly(pool)
             if self._pools.pop(pool.name, None) is not None:
                 self._retiring -= 1
             self._retired += 1
             self._log.debug("pool.retired pool=%s", pool.name)
             if self._state is _State.RUNNING:
                 self._fill()
+            self._wake_supervisor()
+
+    async def _wait_idle(self, pool: Pool) -> None:
+        if not pool.idle_or_watch():
+            pool.idle_event = event = anyio.Event()
+            await event.wait()
 
     async def _in_thread(self, fn: Callable[[], None]) -> None:
         """Run blocking shutdown work on a short-lived thread of our own.
@@ -613,10 +737,18 @@ class LeasedExecutorManager:
                 else:
                     fut.set_result(None)
 
-        threading.Thread(
+        thread = threading.Thread(
             target=target, name=f"{self._name_prefix}-shutdown", daemon=True
-        ).start()
-        await self._runtime.wait_future(fut)
+        )
+        thread.start()
+        try:
+            await self._runtime.wait_future(fut)
+        finally:
+            if fut.done() and not fut.cancelled():
+                # The thread has set the outcome and has only to return:
+                # joining it is immediate, and keeps "no thread of the manager
+                # is left after stop()" exact.
+                thread.join()
 
     def _fill(self) -> None:
         """Serve waiters from free slots, then grow idle pools to the target."""
@@ -634,13 +766,17 @@ class LeasedExecutorManager:
     def _shutdown_now(self) -> None:
         """Shut every pool down without waiting: the event loop is going away."""
         for pool in list(self._pools.values()):
-            try:
-                pool.executor.shutdown(wait=False, cancel_futures=True)
-            except Exception:
-                self._log.exception("pool.shutdown_failed pool=%s", pool.name)
+            self._shutdown_quietly(pool)
         self._pools.clear()
         self._idle.clear()
         self._retiring = 0
+
+    def _shutdown_quietly(self, pool: Pool) -> None:
+        pool.drop_holder()
+        try:
+            pool.executor.shutdown(wait=False, cancel_futures=True)
+        except Exception:
+            self._log.exception("pool.shutdown_failed pool=%s", pool.name)
 
     def _close_backend(self) -> None:
         close_hook = getattr(self._backend, "close", None)
@@ -660,20 +796,27 @@ class LeasedExecutorManager:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 ready.set()
-                await self._watch()
+                await self._watch(tg)
                 for pool in list(self._pools.values()):
                     self._retire(pool, revoke=False, why="stop")
-            clean = True
+                while self._pools:
+                    self._wake = wake = anyio.Event()
+                    self._start_retirements(tg)
+                    await wake.wait()
+                self._wake = None
+            clean = not self._abandoned
         except Exception:
             self._log.exception("manager.supervisor_failed")
         finally:
             self._tg = None
+            self._wake = None
+            self._retire_requests.clear()
             ready.set()
-            for lease in self._leases.values():
-                lease._state = LeaseState.RELEASED
-            self._leases.clear()
+            self._end_leases()
+            for waiter in self._waiters:
+                waiter.event.set()
             self._waiters.clear()
-            if not clean:
+            if self._pools:
                 self._shutdown_now()
             self._close_backend()
             self._state = _State.STOPPED
@@ -684,12 +827,14 @@ class LeasedExecutorManager:
                 "manager.stopped backend=%s clean=%s", self._backend.name, clean
             )
 
-    async def _watch(self) -> None:
+    async def _watch(self, tg: anyio.abc.TaskGroup) -> None:
         runtime = self._runtime
         assert runtime is not None
         while self._state is _State.RUNNING:
+            self._start_retirements(tg)
             now = runtime.time()
             self._expire(now)
+            self._expire_drains(now)
             if self._scale_dirty or now >= self._next_size_check:
                 self._resize(now)
             deadline = self._next_size_check
@@ -700,11 +845,14 @@ class LeasedExecutorManager:
                     else lease.soft_expires_at
                 )
                 deadline = min(deadline, due)
+            for lease in self._draining.values():
+                deadline = min(deadline, lease.hard_expires_at)
             self._next_wake = deadline
             self._wake = wake = anyio.Event()
+            if self._retire_requests:  # asked for while this pass ran
+                continue
             with anyio.CancelScope(deadline=deadline):
                 await wake.wait()
-        self._wake = None
 
     def _wake_supervisor(self) -> None:
         if self._wake is not None:
@@ -723,8 +871,29 @@ class LeasedExecutorManager:
                     lease.hard_expires_at - now,
                 )
 
+    def _expire_drains(self, now: float) -> None:
+        """Hold a released lease's running jobs to its hard expiry, too.
+
+        Releasing a lease must not be a way around revocation: a job that
+        outlives its lease's hard expiry gets its pool revoked (processes are
+        killed; a thread pool is quarantined until the job returns).
+        """
+        for pool, lease in list(self._draining.items()):
+            if now >= lease.hard_expires_at:
+                del self._draining[pool]
+                pool.revoked = True
+                self._log.warning(
+                    "lease.drain_revoked lease_id=%s owner=%s pool=%s running=%d",
+                    lease.lease_id,
+                    lease.owner,
+                    pool.name,
+                    pool.running,
+                )
+                self._retire(pool, revoke=True, why="revoked")
+
     def _revoke(self, lease: ExecutorLease) -> None:
         lease._state = LeaseState.REVOKED
+        lease._pool.drop_holder()
         del self._leases[lease.lease_id]
         self._revoked += 1
         pool = lease._pool
@@ -767,11 +936,15 @@ class LeasedExecutorManager:
                 if close is not None and hasattr(value, "__await__"):
                     close()  # an async provider: never awaited, so say nothing
                 self._log.warning("size_provider.invalid value=%r", value)
-            elif not math.isfinite(value) or value < 0:
+            elif (isinstance(value, float) and not math.isfinite(value)) or value < 0:
                 self._log.warning("size_provider.invalid value=%r", value)
             else:
-                signal = float(value)
-        wanted = math.ceil(signal / self._units_per_pool)
+                # Past this, every value asks for max_pools; capping first also
+                # keeps a huge int from overflowing float().
+                signal = float(min(value, self._max_pools * self._units_per_pool))
+        # In integers (ceil(x/u) == ceil(ceil(x)/u) for whole u): a huge
+        # units_per_pool must not overflow a float division.
+        wanted = -(-math.ceil(signal) // self._units_per_pool)
         return min(self._max_pools, max(self._min_pools, wanted))
 
     def _resize(self, now: float) -> None:
@@ -793,6 +966,21 @@ class LeasedExecutorManager:
     def backend(self) -> ExecutorBackend | str:
         """The built-in backend kind, or a custom backend's ``name``."""
         return self._kind if self._kind is not None else self._backend.name
+
+    @property
+    def max_pools(self) -> int:
+        """The most pools alive at once."""
+        return self._max_pools
+
+    @property
+    def min_pools(self) -> int:
+        """Pools kept even when the size signal asks for fewer."""
+        return self._min_pools
+
+    @property
+    def workers_per_pool(self) -> int:
+        """Workers in each pool."""
+        return self._workers_per_pool
 
     @property
     def started(self) -> bool:
@@ -907,11 +1095,16 @@ def _logging_config(
     target: logging.Logger | None,
     clear: bool,
 ) -> ProcessLoggingConfig:
-    shortcuts_used = (
-        forward is not False
-        or level != logging.INFO
-        or target is not None
-        or clear is not True
+    shortcuts = {
+        "forward_process_logs": (forward, False),
+        "process_log_level": (level, logging.INFO),
+        "process_log_target_logger": (target, None),
+        "clear_process_log_handlers": (clear, True),
+    }
+    shortcuts_used = ", ".join(
+        f"{name}={value!r}"
+        for name, (value, default) in shortcuts.items()
+        if value is not default and value != default
     )
     if config is not None:
         if not isinstance(config, ProcessLoggingConfig):
@@ -921,8 +1114,9 @@ def _logging_config(
             )
         if shortcuts_used:
             raise ValueError(
-                "process_logging cannot be combined with forward_process_logs or "
-                "process_log_* arguments; put every setting in the config"
+                "process_logging cannot be combined with the forward_process_logs/"
+                f"process_log_* shortcuts, got {shortcuts_used}; put every "
+                "setting in the config"
             )
         return config
     if not isinstance(forward, bool):

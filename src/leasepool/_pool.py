@@ -34,6 +34,7 @@ class Pool:
     """An executor, its state, and how many of its jobs have not finished."""
 
     __slots__ = (
+        "_holder",
         "_lock",
         "_notify_idle",
         "_watching",
@@ -66,12 +67,52 @@ class Pool:
         self._lock = threading.Lock()
         self._watching = False
         self._notify_idle = notify_idle
+        # The lease allowed to submit. Checked and counted under the lock, so
+        # that a submit racing a release from another thread either lands
+        # before it (and the release drains) or is refused.
+        self._holder: object | None = None
+
+    def hold(self, holder: object) -> None:
+        """Let ``holder`` (a lease) submit jobs to this pool."""
+        with self._lock:
+            self._holder = holder
+
+    def drop_holder(self) -> None:
+        """Refuse every further submit; jobs already counted go on."""
+        with self._lock:
+            self._holder = None
+
+    def release_holder(self) -> bool:
+        """Refuse further submits; tell whether the pool is idle, else watch it.
+
+        After ``False`` the pool's ``notify_idle`` callback fires once, when the
+        last unfinished job is done.
+        """
+        with self._lock:
+            self._holder = None
+            if self.running == 0:
+                return True
+            self._watching = True
+            return False
 
     def submit(
-        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> cf.Future[T]:
-        """Submit a job and count it until its future is done."""
+        self,
+        holder: object,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> cf.Future[T] | None:
+        """Submit a job for ``holder`` and count it until its future is done.
+
+        Returns ``None``, submitting nothing, when ``holder`` no longer holds
+        the pool.
+        """
+        if not callable(fn):
+            # Found here, not as a TypeError deep in a worker later.
+            raise TypeError(f"fn must be a callable, got {fn!r}")
         with self._lock:
+            if holder is not self._holder:
+                return None
             self.running += 1
         try:
             fut = self.executor.submit(fn, *args, **kwargs)

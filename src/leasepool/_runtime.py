@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
+
+import anyio.lowlevel
 
 __all__ = ["Runtime", "current_runtime"]
 
@@ -30,7 +32,12 @@ T = TypeVar("T")
 class Runtime:
     """The event loop (asyncio) or run (trio) that owns a started manager."""
 
-    __slots__ = ("name", "thread_id")
+    __slots__ = ("checkpoint_if_cancelled", "name", "thread_id")
+
+    #: anyio's ``checkpoint_if_cancelled`` for this runtime, looked up once:
+    #: the public function finds the backend again on every call, which is a
+    #: measurable share of an uncontended ``acquire()``.
+    checkpoint_if_cancelled: Callable[[], Awaitable[None]]
 
     name: str
     thread_id: int
@@ -77,6 +84,7 @@ class _AsyncioRuntime(Runtime):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.name = "asyncio"
         self.thread_id = threading.get_ident()
+        self.checkpoint_if_cancelled = _anyio_checkpoint_if_cancelled()
         self._loop = loop
         # Strong references: asyncio keeps only weak ones to running tasks.
         self._tasks: set[asyncio.Task[None]] = set()
@@ -126,6 +134,7 @@ class _TrioRuntime(Runtime):
     def __init__(self, trio: Any, token: Any) -> None:
         self.name = "trio"
         self.thread_id = threading.get_ident()
+        self.checkpoint_if_cancelled = _anyio_checkpoint_if_cancelled()
         self._trio = trio
         self._token = token
 
@@ -174,6 +183,14 @@ class _TrioRuntime(Runtime):
 
     def time(self) -> float:
         return float(self._trio.current_time())
+
+
+def _anyio_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
+    try:
+        from anyio._core._eventloop import get_async_backend
+    except ImportError:  # a future anyio moved it: use the public function
+        return anyio.lowlevel.checkpoint_if_cancelled
+    return get_async_backend().checkpoint_if_cancelled
 
 
 def current_runtime() -> Runtime:

@@ -35,7 +35,10 @@ def check_duration(name: str, value: Any, *, allow_zero: bool = False) -> float:
     """
     if type(value) is bool or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number of seconds, got {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float range
+        seconds = math.inf
     if not math.isfinite(seconds):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
