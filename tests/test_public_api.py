@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 import importlib.util
 
+import pytest
+
 import leasepool
+from leasepool import ExecutorBackend
 
 CONTRACT_NAMES = {
     "LeasedExecutorManager",
@@ -61,3 +64,14 @@ def test_public_api_backend_enum_values() -> None:
     }
     assert isinstance(backend.THREAD, str)
     assert str(backend.THREAD) == "thread"
+
+
+@pytest.mark.parametrize("spelling", ["process", "PROCESS", "Process"])
+def test_executor_backend_accepts_any_case(spelling: str) -> None:
+    assert ExecutorBackend(spelling) is ExecutorBackend.PROCESS
+    assert ExecutorBackend.PROCESS == "process"
+
+
+def test_executor_backend_unknown_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="fiber"):
+        ExecutorBackend("fiber")

@@ -40,6 +40,15 @@ class ExecutorBackend(enum.StrEnum):
     PROCESS = "process"
     INTERPRETER = "interpreter"
 
+    @classmethod
+    def _missing_(cls, value: object) -> ExecutorBackend | None:
+        # ExecutorBackend("Thread") works like backend="Thread" does.
+        if isinstance(value, str):
+            for member in cls:
+                if member.value == value.lower():
+                    return member
+        return None
+
 
 @runtime_checkable
 class PoolBackend(Protocol):

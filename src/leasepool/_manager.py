@@ -41,11 +41,16 @@ The supervisor is one task per started manager, spawned outside the caller's
 task tree so that ``start()`` and ``stop()`` may come from different tasks. It
 sleeps until the next soft expiry, hard expiry or sizing check, or until woken,
 which is why revocation happens on time even when nothing else calls in.
+
+This module holds the state machine above and its supervisor; the rest lives
+beside it. The constructor's arguments are checked in ``_settings``, the size
+signal is turned into a pool count in ``_sizing``, ``stats()`` is shaped in
+``_stats`` from values passed to it, and the short-lived shutdown thread is
+started by ``_threads``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import enum
 import itertools
 import logging
@@ -55,7 +60,6 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -63,7 +67,7 @@ import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint_if_cancelled
 
-from ._backends import ExecutorBackend, PoolBackend, resolve_backend
+from ._backends import ExecutorBackend, PoolBackend
 from ._errors import (
     LeaseUnavailableError,
     not_started,
@@ -73,19 +77,17 @@ from ._errors import (
 from ._lease import ExecutorLease, LeaseState, make_lease
 from ._log import GuardedLogger
 from ._pool import Pool, PoolState
-from ._process_logging import ProcessLoggingConfig, _check_level
+from ._process_logging import ProcessLoggingConfig
 from ._runtime import Runtime, current_runtime
-from ._validation import (
-    check_duration,
-    check_optional_duration,
-    check_positive_int,
-)
+from ._settings import check_settings
+from ._sizing import desired_pool_count
+from ._stats import ManagerStatistics, build_stats, statistics_from_stats
+from ._threads import run_in_thread
+from ._validation import check_duration, check_optional_duration
 
 __all__ = ["LeasedExecutorManager", "ManagerStatistics"]
 
 T = TypeVar("T")
-
-_module_log = logging.getLogger("leasepool.manager")
 
 
 class _State(enum.Enum):
@@ -100,30 +102,6 @@ class _Waiter:
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.pool: Pool | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ManagerStatistics:
-    """A snapshot of a manager's counts, the typed twin of ``stats()``."""
-
-    backend: str
-    started: bool
-    desired: int
-    max_pools: int
-    min_pools: int
-    workers_per_pool: int
-    available: int
-    leased: int
-    total: int
-    waiting: int
-    draining: int
-    quarantined: int
-    quarantined_jobs: int
-    leases_granted: int
-    leases_released: int
-    leases_revoked: int
-    pools_retired: int
-    peak_pools: int
 
 
 class LeasedExecutorManager:
@@ -184,54 +162,39 @@ class LeasedExecutorManager:
         clear_process_log_handlers: bool = True,
         **executor_kwargs: Any,
     ) -> None:
-        self._max_pools = check_positive_int("max_pools", max_pools)
-        self._min_pools = check_positive_int("min_pools", min_pools)
-        if self._min_pools > self._max_pools:
-            raise ValueError(
-                f"min_pools must be <= max_pools, got min_pools={min_pools!r} "
-                f"and max_pools={max_pools!r}"
-            )
-        self._units_per_pool = check_positive_int("units_per_pool", units_per_pool)
-        self._workers_per_pool = check_positive_int(
-            "workers_per_pool", workers_per_pool
+        settings = check_settings(
+            backend=backend,
+            max_pools=max_pools,
+            min_pools=min_pools,
+            units_per_pool=units_per_pool,
+            size_provider=size_provider,
+            check_interval=check_interval,
+            default_lease_seconds=default_lease_seconds,
+            lease_grace_seconds=lease_grace_seconds,
+            workers_per_pool=workers_per_pool,
+            name_prefix=name_prefix,
+            logger=logger,
+            process_logging=process_logging,
+            forward_process_logs=forward_process_logs,
+            process_log_level=process_log_level,
+            process_log_target_logger=process_log_target_logger,
+            clear_process_log_handlers=clear_process_log_handlers,
+            executor_kwargs=executor_kwargs,
         )
-        if size_provider is not None and not callable(size_provider):
-            raise ValueError(
-                f"size_provider must be a callable or None, got {size_provider!r}"
-            )
-        self._size_provider = size_provider
-        self._check_interval = check_duration("check_interval", check_interval)
-        self._default_lease_seconds = check_duration(
-            "default_lease_seconds", default_lease_seconds
-        )
-        self._grace_seconds = check_duration(
-            "lease_grace_seconds", lease_grace_seconds, allow_zero=True
-        )
-        if not isinstance(name_prefix, str) or not name_prefix:
-            raise ValueError(
-                f"name_prefix must be a non-empty string, got {name_prefix!r}"
-            )
-        self._name_prefix = name_prefix
-        if logger is not None and not isinstance(logger, logging.Logger):
-            raise ValueError(f"logger must be a logging.Logger or None, got {logger!r}")
-        self._log = GuardedLogger(logger if logger is not None else _module_log)
-        self._process_logging = _logging_config(
-            process_logging,
-            forward_process_logs,
-            process_log_level,
-            process_log_target_logger,
-            clear_process_log_handlers,
-        )
-        backend_obj, kind = resolve_backend(
-            backend, executor_kwargs, process_logging=self._process_logging
-        )
-        if self._process_logging.enabled and kind is not ExecutorBackend.PROCESS:
-            raise ValueError(
-                "process log forwarding needs backend='process', "
-                f"got backend={backend!r}"
-            )
-        self._backend = backend_obj
-        self._kind = kind
+        # Unpacked: the hot paths read these as plain attributes.
+        self._max_pools = settings.max_pools
+        self._min_pools = settings.min_pools
+        self._units_per_pool = settings.units_per_pool
+        self._workers_per_pool = settings.workers_per_pool
+        self._size_provider = settings.size_provider
+        self._check_interval = settings.check_interval
+        self._default_lease_seconds = settings.default_lease_seconds
+        self._grace_seconds = settings.grace_seconds
+        self._name_prefix = settings.name_prefix
+        self._log = GuardedLogger(settings.logger)
+        self._process_logging = settings.process_logging
+        self._backend = settings.backend
+        self._kind = settings.kind
 
         self._state = _State.STOPPED
         self._runtime: Runtime | None = None
@@ -720,35 +683,9 @@ class LeasedExecutorManager:
             await event.wait()
 
     async def _in_thread(self, fn: Callable[[], None]) -> None:
-        """Run blocking shutdown work on a short-lived thread of our own.
-
-        Not ``anyio.to_thread``: a saturated default limiter (or one the
-        application shares) must never delay giving capacity back.
-        """
+        """Run blocking shutdown work on a thread of its own; see run_in_thread."""
         assert self._runtime is not None
-        fut: cf.Future[None] = cf.Future()
-
-        def target() -> None:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fn()
-                except BaseException as exc:
-                    fut.set_exception(exc)
-                else:
-                    fut.set_result(None)
-
-        thread = threading.Thread(
-            target=target, name=f"{self._name_prefix}-shutdown", daemon=True
-        )
-        thread.start()
-        try:
-            await self._runtime.wait_future(fut)
-        finally:
-            if fut.done() and not fut.cancelled():
-                # The thread has set the outcome and has only to return:
-                # joining it is immediate, and keeps "no thread of the manager
-                # is left after stop()" exact.
-                thread.join()
+        await run_in_thread(self._runtime, fn, name=f"{self._name_prefix}-shutdown")
 
     def _fill(self) -> None:
         """Serve waiters from free slots, then grow idle pools to the target."""
@@ -923,29 +860,13 @@ class LeasedExecutorManager:
 
     def desired_executor_count(self) -> int:
         """Return the pool count the size signal asks for right now."""
-        signal = 0.0
-        provider = self._size_provider
-        if provider is not None:
-            try:
-                value: object = provider()
-            except Exception:
-                self._log.exception("size_provider.failed")
-                value = 0
-            if type(value) is bool or not isinstance(value, int | float):
-                close = getattr(value, "close", None)
-                if close is not None and hasattr(value, "__await__"):
-                    close()  # an async provider: never awaited, so say nothing
-                self._log.warning("size_provider.invalid value=%r", value)
-            elif (isinstance(value, float) and not math.isfinite(value)) or value < 0:
-                self._log.warning("size_provider.invalid value=%r", value)
-            else:
-                # Past this, every value asks for max_pools; capping first also
-                # keeps a huge int from overflowing float().
-                signal = float(min(value, self._max_pools * self._units_per_pool))
-        # In integers (ceil(x/u) == ceil(ceil(x)/u) for whole u): a huge
-        # units_per_pool must not overflow a float division.
-        wanted = -(-math.ceil(signal) // self._units_per_pool)
-        return min(self._max_pools, max(self._min_pools, wanted))
+        return desired_pool_count(
+            self._size_provider,
+            self._log,
+            min_pools=self._min_pools,
+            max_pools=self._max_pools,
+            units_per_pool=self._units_per_pool,
+        )
 
     def _resize(self, now: float) -> None:
         self._scale_dirty = False
@@ -1013,71 +934,30 @@ class LeasedExecutorManager:
 
     def stats(self) -> dict[str, Any]:
         """Return counts, settings and one entry per live lease, as a dict."""
-        now = self._now()
-        pools = list(self._pools.values())
-        retiring = [p for p in pools if p.state is PoolState.RETIRING]
-        quarantined = [p for p in retiring if p.running]
-        return {
-            "backend": str(self._backend.name),
-            "started": self._state is _State.RUNNING,
-            "desired": self.desired_executor_count(),
-            "max_pools": self._max_pools,
-            "min_pools": self._min_pools,
-            "units_per_pool": self._units_per_pool,
-            "workers_per_pool": self._workers_per_pool,
-            "available": len(self._idle),
-            "leased": len(pools) - len(self._idle),
-            "total": len(pools),
-            "waiting": len(self._waiters),
-            "draining": sum(p.state is PoolState.DRAINING for p in pools),
-            "quarantined": len(quarantined),
-            "quarantined_jobs": sum(p.running for p in quarantined),
-            "quarantined_pools": [
-                {"pool": p.name, "running_jobs": p.running, "revoked": p.revoked}
-                for p in quarantined
-            ],
-            "leases_granted": self._granted,
-            "leases_released": self._released,
-            "leases_revoked": self._revoked,
-            "leases_waited": self._waited,
-            "pools_retired": self._retired,
-            "peak_pools": self._peak_pools,
-            "leases": [
-                {
-                    "lease_id": lease.lease_id,
-                    "owner": lease.owner,
-                    "pool": lease._pool.name,
-                    "running_jobs": lease._pool.running,
-                    "seconds_until_soft_expiry": lease.soft_expires_at - now,
-                    "seconds_until_hard_expiry": lease.hard_expires_at - now,
-                }
-                for lease in list(self._leases.values())
-            ],
-        }
+        return build_stats(
+            now=self._now(),
+            backend=str(self._backend.name),
+            started=self._state is _State.RUNNING,
+            desired=self.desired_executor_count(),
+            max_pools=self._max_pools,
+            min_pools=self._min_pools,
+            units_per_pool=self._units_per_pool,
+            workers_per_pool=self._workers_per_pool,
+            pools=list(self._pools.values()),
+            available=len(self._idle),
+            waiting=len(self._waiters),
+            leases=[(lease, lease._pool) for lease in self._leases.values()],
+            leases_granted=self._granted,
+            leases_released=self._released,
+            leases_revoked=self._revoked,
+            leases_waited=self._waited,
+            pools_retired=self._retired,
+            peak_pools=self._peak_pools,
+        )
 
     def statistics(self) -> ManagerStatistics:
         """Return a frozen snapshot of the manager's counts."""
-        s = self.stats()
-        return ManagerStatistics(
-            backend=s["backend"],
-            started=s["started"],
-            desired=s["desired"],
-            max_pools=s["max_pools"],
-            min_pools=s["min_pools"],
-            workers_per_pool=s["workers_per_pool"],
-            available=s["available"],
-            leased=s["leased"],
-            total=s["total"],
-            waiting=s["waiting"],
-            draining=s["draining"],
-            quarantined=s["quarantined"],
-            quarantined_jobs=s["quarantined_jobs"],
-            leases_granted=s["leases_granted"],
-            leases_released=s["leases_released"],
-            leases_revoked=s["leases_revoked"],
-            pools_retired=s["pools_retired"],
-            peak_pools=s["peak_pools"],
-        )
+        return statistics_from_stats(self.stats())
 
     def __repr__(self) -> str:
         state = "" if self._state is _State.RUNNING else f" {self._state.value}"
@@ -1086,51 +966,3 @@ class LeasedExecutorManager:
             f"{self.leased_count}/{self._max_pools} leased, "
             f"{len(self._waiters)} waiting>"
         )
-
-
-def _logging_config(
-    config: ProcessLoggingConfig | None,
-    forward: bool,
-    level: int,
-    target: logging.Logger | None,
-    clear: bool,
-) -> ProcessLoggingConfig:
-    shortcuts = {
-        "forward_process_logs": (forward, False),
-        "process_log_level": (level, logging.INFO),
-        "process_log_target_logger": (target, None),
-        "clear_process_log_handlers": (clear, True),
-    }
-    shortcuts_used = ", ".join(
-        f"{name}={value!r}"
-        for name, (value, default) in shortcuts.items()
-        if value is not default and value != default
-    )
-    if config is not None:
-        if not isinstance(config, ProcessLoggingConfig):
-            raise ValueError(
-                "process_logging must be a ProcessLoggingConfig or None, "
-                f"got {config!r}"
-            )
-        if shortcuts_used:
-            raise ValueError(
-                "process_logging cannot be combined with the forward_process_logs/"
-                f"process_log_* shortcuts, got {shortcuts_used}; put every "
-                "setting in the config"
-            )
-        return config
-    if not isinstance(forward, bool):
-        raise ValueError(f"forward_process_logs must be True or False, got {forward!r}")
-    _check_level("process_log_level", level)
-    if target is not None and not isinstance(target, logging.Logger):
-        raise ValueError(
-            "process_log_target_logger must be a logging.Logger or None, "
-            f"got {target!r}"
-        )
-    if not isinstance(clear, bool):
-        raise ValueError(
-            f"clear_process_log_handlers must be True or False, got {clear!r}"
-        )
-    return ProcessLoggingConfig(
-        enabled=forward, level=level, target_logger=target, clear_child_handlers=clear
-    )

@@ -99,7 +99,7 @@ class ProcessLoggingConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ValueError(f"enabled must be True or False, got {self.enabled!r}")
-        _check_level("level", self.level)
+        check_level("level", self.level)
         if self.target_logger is not None and not isinstance(
             self.target_logger, logging.Logger
         ):
@@ -114,7 +114,7 @@ class ProcessLoggingConfig:
             )
 
 
-def _check_level(name: str, level: object) -> int:
+def check_level(name: str, level: object) -> int:
     if type(level) is not int or level < 0:
         raise ValueError(
             f"{name} must be a logging level such as logging.INFO, got {level!r}"
