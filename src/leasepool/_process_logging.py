@@ -44,7 +44,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LogForwarder", "ProcessLoggingConfig", "forwarding_initializer"]
+__all__ = [
+    "LogForwarder",
+    "ProcessLoggingConfig",
+    "check_level",
+    "forwarding_initializer",
+]
 
 _module_log = logging.getLogger("leasepool.process_logging")
 

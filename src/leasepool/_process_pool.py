@@ -422,9 +422,15 @@ def _rebuild_exception(
 
 
 def _dumps(obj: object) -> bytes:
-    buffer = io.BytesIO()
-    ForkingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
-    return buffer.getvalue()
+    # The plain pickler first: a ForkingPickler copies its whole dispatch table
+    # on every construction, a real share of a small job's cost. Only objects
+    # that need multiprocessing's own reducers (connections, say) fall back.
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        buffer = io.BytesIO()
+        ForkingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
+        return buffer.getvalue()
 
 
 def _type_name(obj: object) -> str:
