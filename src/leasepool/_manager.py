@@ -623,7 +623,7 @@ class LeasedExecutorManager:
         level = logging.WARNING if why in ("broken", "revoked") else logging.DEBUG
         self._log.log(level, "pool.retiring pool=%s reason=%s", pool.name, why)
         if self._tg is None:  # the supervisor is gone: no one to wait for it
-            pool.executor.shutdown(wait=False, cancel_futures=True)
+            self._shutdown_quietly(pool)
             self._pools.pop(pool.name, None)
             self._retiring -= 1
             self._retired += 1
