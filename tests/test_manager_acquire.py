@@ -298,3 +298,38 @@ async def test_manager_lease_context_manager_releases() -> None:
         assert not lease2.active
         await lease2.release()  # idempotent
         assert manager.available_count == 1
+
+
+@pytest.mark.parametrize("others_waiting", [False, True])
+async def test_manager_acquire_in_cancelled_scope_takes_nothing(
+    others_waiting: bool,
+) -> None:
+    manager = make_manager(max_pools=1)
+    async with manager:
+        holder = await manager.acquire() if others_waiting else None
+        got: list[ExecutorLease] = []
+        async with anyio.create_task_group() as tg:
+            if holder is not None:
+                tg.start_soon(lambda: _append_lease(manager, got))
+                await wait_until(lambda: manager.waiting_count == 1)
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await manager.acquire()
+                pytest.fail("acquire() returned in a cancelled scope")
+            assert scope.cancelled_caught
+            # Nothing was taken and the queue is as it was.
+            assert manager.waiting_count == (1 if holder is not None else 0)
+            assert manager.stats()["leased"] == (1 if holder is not None else 0)
+            if holder is not None:
+                await holder.release()
+        if holder is not None:
+            assert len(got) == 1
+            await got[0].release()
+        assert manager.available_count == 1
+        assert_consistent(manager)
+
+
+async def _append_lease(
+    manager: LeasedExecutorManager, got: list[ExecutorLease]
+) -> None:
+    got.append(await manager.acquire())

@@ -390,11 +390,13 @@ def test_manager_job_finishing_after_run_ended_is_silent(
             tg.cancel_scope.cancel()
         await lease.release()  # draining: the manager asked to be told
         leftovers["manager"] = weakref.ref(manager)
+        # Kept alive past the run to check its state; dropped before the
+        # check that nothing else keeps it.
+        leftovers["strong"] = manager
         # The run ends here with the manager started and three jobs running.
 
     anyio.run(main, backend=runtime)
-    manager = leftovers["manager"]()
-    assert manager is not None
+    manager = leftovers.pop("strong")
     assert not manager.started
     del manager
     gate.open()

@@ -82,7 +82,10 @@ class ExecutorLease:
         self.leased_at = leased_at
         self.soft_expires_at = leased_at + lease_seconds
         self.hard_expires_at = self.soft_expires_at + grace_seconds
-        self._executor = _LeaseExecutor(self)
+        # Made on first use: the proxy and the lease refer to each other, and
+        # a cycle made on every acquire would be garbage for the cyclic
+        # collector on the hottest path, for a proxy most holders never use.
+        self._executor: _LeaseExecutor | None = None
 
     @property
     def state(self) -> LeaseState:
@@ -102,7 +105,10 @@ class ExecutorLease:
         lease is active. Its ``shutdown`` raises ``RuntimeError``: the pool is
         the manager's, so give it back with :meth:`release` instead.
         """
-        return self._executor
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = _LeaseExecutor(self)
+        return executor
 
     def _live_pool(self) -> Pool:
         if self._state is not LeaseState.ACTIVE:
@@ -121,17 +127,25 @@ class ExecutorLease:
         runtime = self._manager._runtime
         if runtime is None or not runtime.is_current():
             raise wrong_loop("this lease's manager")
-        fut = pool.submit(self, fn, args, kwargs)
-        if fut is None:
+        submitted = pool.submit_unwrapped(self, fn, args, kwargs)
+        if submitted is None:
             raise lease_gone(self.lease_id, self._state.value)
+        fut, unwrap = submitted
+        del submitted
         try:
-            return await runtime.wait_future(fut)
+            await runtime.wait_done(fut)
+            return unwrap(fut)
         except cf.CancelledError:
             # Only the manager cancels this future (revocation or stop cancels
             # queued work): say so, rather than leak concurrent.futures' error.
             if not fut.cancelled():
                 raise
             raise job_cancelled(self.lease_id, self._state.value) from None
+        finally:
+            # A raised error's traceback holds this frame, and the future may
+            # hold the error: drop the future so that no cycle keeps the two
+            # (and the pool behind them) alive until the next GC.
+            del fut
 
     async def release(self) -> None:
         """Give the pool back to the manager; calling it again does nothing.

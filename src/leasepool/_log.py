@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["GuardedLogger"]
@@ -20,13 +21,14 @@ __all__ = ["GuardedLogger"]
 class GuardedLogger:
     """Forward to ``logger``; an exception from its handlers is never raised."""
 
-    __slots__ = ("logger",)
+    __slots__ = ("isEnabledFor", "logger")
+
+    #: The logger's own method: asked on every lease, so no wrapper call.
+    isEnabledFor: Callable[[int], bool]
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-
-    def isEnabledFor(self, level: int) -> bool:
-        return self.logger.isEnabledFor(level)
+        self.isEnabledFor = logger.isEnabledFor
 
     def log(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
         if not self.logger.isEnabledFor(level):

@@ -27,10 +27,10 @@ and the job count change together under the pool's lock, so a submit from
 another thread racing a release either lands first (and the release drains) or
 is refused with ``LeaseExpiredError``, never reaching the pool's next holder.
 
-Waiters queue FIFO. A freed pool is handed straight to the oldest waiter
-(``_Waiter.pool`` is set before its event), so a later ``wait=False`` caller can
-never slip in ahead of it; a waiter cancelled after being handed a pool passes
-the pool on. Idle pools and queued waiters therefore never coexist.
+Waiters queue FIFO. A freed pool is handed straight to the oldest waiter (left
+in its parker before it is woken), so a later ``wait=False`` caller can never
+slip in ahead of it; a waiter cancelled after being handed a pool passes the
+pool on. Idle pools and queued waiters therefore never coexist.
 
 All manager state is touched only from the owning event loop's thread. The one
 exception is each pool's job count (see ``_pool``), and the only message from
@@ -78,7 +78,7 @@ from ._lease import ExecutorLease, LeaseState, make_lease
 from ._log import GuardedLogger
 from ._pool import Pool, PoolState
 from ._process_logging import ProcessLoggingConfig
-from ._runtime import Runtime, current_runtime
+from ._runtime import Parker, Runtime, current_runtime
 from ._settings import check_settings
 from ._sizing import desired_pool_count
 from ._stats import ManagerStatistics, build_stats, statistics_from_stats
@@ -94,14 +94,6 @@ class _State(enum.Enum):
     STOPPED = "stopped"
     RUNNING = "running"
     STOPPING = "stopping"
-
-
-class _Waiter:
-    __slots__ = ("event", "pool")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.pool: Pool | None = None
 
 
 # TODO: at ~970 lines this is past STYLE's ~500; retirement and the supervisor
@@ -206,7 +198,8 @@ class LeasedExecutorManager:
         # Pools of released leases whose jobs still run, with the lease whose
         # hard expiry still bounds them.
         self._draining: dict[Pool, ExecutorLease] = {}
-        self._waiters: deque[_Waiter] = deque()
+        # Parked acquirers; the pool handed to one is left in its ``value``.
+        self._waiters: deque[Parker] = deque()
         self._target = self._min_pools
         self._retiring = 0
         self._pool_numbers = itertools.count(1)
@@ -310,7 +303,7 @@ class LeasedExecutorManager:
             self._log.info("manager.stopping backend=%s", self._backend.name)
             self._end_leases()
             while self._waiters:
-                self._waiters.popleft().event.set()
+                self._waiters.popleft().wake()
             self._wake_supervisor()
         if force:
             self._abandon_retirements()
@@ -383,6 +376,10 @@ class LeasedExecutorManager:
         """
         seconds = self._check_acquire_args(lease_seconds, owner, wait, timeout)
         runtime = self._check_running()
+        if wait and self._waiters:
+            # Others are queued first: wait behind them. Parking checks for
+            # cancellation itself, so the checkpoint below is not repeated.
+            return self._grant(await self._wait_for_pool(timeout), seconds, owner)
         await runtime.checkpoint_if_cancelled()
         pool = self._take_pool()
         if pool is None:
@@ -488,21 +485,22 @@ class LeasedExecutorManager:
         return None
 
     async def _wait_for_pool(self, timeout: float | None) -> Pool:
-        waiter = _Waiter()
+        assert self._runtime is not None
+        waiter = self._runtime.parker()
         self._waiters.append(waiter)
         self._waited += 1
         try:
             if timeout is None:
-                await waiter.event.wait()
+                await waiter.wait()
             else:
                 with anyio.fail_after(timeout):
-                    await waiter.event.wait()
+                    await waiter.wait()
         except BaseException:
-            pool = waiter.pool
+            pool: Pool | None = waiter.value
             if pool is not None:
                 # Handed a pool in the same instant as the cancellation: pass
                 # it on rather than lose it.
-                waiter.pool = None
+                waiter.value = None
                 self._pool_free(pool)
             else:
                 try:
@@ -510,9 +508,10 @@ class LeasedExecutorManager:
                 except ValueError:
                     pass  # already woken by stop()
             raise
-        if waiter.pool is None or self._state is not _State.RUNNING:
+        pool = waiter.value
+        if pool is None or self._state is not _State.RUNNING:
             raise stopped_while_waiting("this manager")
-        return waiter.pool
+        return pool
 
     def _grant(self, pool: Pool, seconds: float, owner: str | None) -> ExecutorLease:
         assert self._runtime is not None
@@ -605,8 +604,8 @@ class LeasedExecutorManager:
         if self._waiters:
             waiter = self._waiters.popleft()
             pool.state = PoolState.LEASED
-            waiter.pool = pool
-            waiter.event.set()
+            waiter.value = pool
+            waiter.wake()
         else:
             pool.state = PoolState.IDLE
             self._idle.append(pool)
@@ -753,7 +752,7 @@ class LeasedExecutorManager:
             ready.set()
             self._end_leases()
             for waiter in self._waiters:
-                waiter.event.set()
+                waiter.wake()
             self._waiters.clear()
             if self._pools:
                 self._shutdown_now()

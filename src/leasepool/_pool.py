@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._backends import PoolBackend
+from ._process_pool import _LeasedProcessPool
 
 __all__ = ["Pool", "PoolState"]
 
@@ -107,6 +108,35 @@ class Pool:
         Returns ``None``, submitting nothing, when ``holder`` no longer holds
         the pool.
         """
+        submitted = self._submit(holder, fn, args, kwargs, unwrapped=False)
+        return None if submitted is None else submitted[0]
+
+    def submit_unwrapped(
+        self,
+        holder: object,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[cf.Future[Any], Callable[[cf.Future[Any]], T]] | None:
+        """Like :meth:`submit`, for a caller that waits for the job itself.
+
+        Returns the future and the function that turns it, once done, into the
+        job's result (or raises its error). A process pool hands back its
+        executor's own future and leaves the unpacking of the worker's outcome
+        to that function, run by the waiting task: one future per job, not
+        two, on the path ``lease.run`` takes.
+        """
+        return self._submit(holder, fn, args, kwargs, unwrapped=True)
+
+    def _submit(
+        self,
+        holder: object,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        unwrapped: bool,
+    ) -> tuple[cf.Future[Any], Callable[[cf.Future[Any]], T]] | None:
         if not callable(fn):
             # Found here, not as a TypeError deep in a worker later.
             raise TypeError(f"fn must be a callable, got {fn!r}")
@@ -114,15 +144,19 @@ class Pool:
             if holder is not self._holder:
                 return None
             self.running += 1
+        executor = self.executor
         try:
-            fut = self.executor.submit(fn, *args, **kwargs)
+            if unwrapped and isinstance(executor, _LeasedProcessPool):
+                fut, unwrap = executor.submit_unwrapped(fn, args, kwargs)
+            else:
+                fut, unwrap = executor.submit(fn, *args, **kwargs), _result
         except BaseException as exc:
             if self.backend.is_broken_error(exc):
                 self.broken = True
             self._job_finished()
             raise
         fut.add_done_callback(self._on_done)
-        return fut
+        return fut, unwrap
 
     def _on_done(self, fut: cf.Future[Any]) -> None:
         # Runs on a worker thread (or wherever the future was cancelled).
@@ -155,3 +189,10 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.state.value} running={self.running}>"
+
+
+def _result(fut: cf.Future[T]) -> T:
+    try:
+        return fut.result()
+    finally:
+        del fut  # see ExecutorLease.run: no frame-to-error cycle

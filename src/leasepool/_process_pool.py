@@ -9,9 +9,9 @@ manager's leases need:
   and its callers are told that the revocation is why their jobs failed.
 * Each job crosses to the worker as one pickled payload (:class:`_Call`, run
   by :func:`_run_job`) and its outcome comes back as plain data that the
-  parent unpickles itself (:class:`_JobFuture`). A function, argument, result
-  or exception that cannot make the trip fails its own job with an error
-  saying which part it was, and the pool goes on.
+  parent unpickles itself (:meth:`_LeasedProcessPool.unpack`). A function,
+  argument, result or exception that cannot make the trip fails its own job
+  with an error saying which part it was, and the pool goes on.
 
 Shutting the pool down also closes its log forwarding channel, once the
 workers have exited and their last records are in the pipe.
@@ -128,6 +128,58 @@ class _LeasedProcessPool(cf.ProcessPoolExecutor):
                 return outer
         outer.attach(super().submit(_run_job, call))
         return outer
+
+    def submit_unwrapped(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[cf.Future[Any], Callable[[cf.Future[Any]], T]]:
+        """Submit a job; return its future and the function that unpacks it.
+
+        Once the workers run, the future is the executor's own, holding the
+        worker's packed outcome, and :meth:`unpack` makes it the job's result
+        in the caller's thread: no second future is set on the executor's
+        manager thread, which competes with the event loop for the GIL.
+        """
+        if self._starting:  # only ever goes from True to False
+            return self.submit(fn, *args, **kwargs), _result
+        return super().submit(_run_job, _Call(fn, args, kwargs)), self.unpack
+
+    def unpack(self, inner: cf.Future[_Outcome]) -> Any:
+        """Return the result of a finished job, or raise its error.
+
+        ``inner`` is the executor's own future for :func:`_run_job`. A job that
+        failed because this pool was revoked says so.
+        """
+        ok, value = self._outcome(inner)
+        if ok:
+            return value
+        try:
+            raise value
+        finally:
+            # The traceback will hold this frame: without these locals it
+            # holds no cycle back to the error, so the error (and the pool it
+            # names) goes when its last user lets go, not at the next GC.
+            del value, inner
+
+    def _outcome(self, inner: cf.Future[_Outcome]) -> tuple[bool, Any]:
+        if inner.cancelled():
+            return False, cf.CancelledError()
+        exc = inner.exception()
+        if exc is not None:
+            if self.revoked and isinstance(exc, cf.BrokenExecutor):
+                return False, _revoked_error(self.pool_name, exc)
+            return False, exc
+        ok, data, type_name, message, text, reason = inner.result()
+        if ok:
+            try:
+                return True, pickle.loads(data or b"")
+            except Exception as why:
+                return False, pickle.UnpicklingError(
+                    f"the job's result ({type_name} object) could not be "
+                    f"rebuilt in this process: {why!r}"
+                )
+        error = _rebuild_exception(data, type_name, message, reason)
+        error.__cause__ = _RemoteTraceback(f'\n"""\n{text}"""')
+        return False, error
 
     def _start_workers(self) -> None:
         this: Any = self
@@ -265,9 +317,6 @@ class _RemoteTraceback(Exception):
 _Outcome = tuple[bool, bytes | None, str, str, str, str]
 
 
-# TODO: the payload is pickled twice (here, then by the executor) and the
-# caller's future sits over the executor's own; both cost parent CPU per job
-# (bench/RESULTS.md: 1.17x raw on asyncio). Hand the executor bytes once.
 class _Call:
     """A job's function and arguments, pickled as one payload on the way out.
 
@@ -366,6 +415,8 @@ class _JobFuture(cf.Future[T]):
             self.set_exception(exc)
 
     def cancel(self) -> bool:
+        if self.done():
+            return self.cancelled()
         inner = self._inner
         if inner is None:
             if self._pool.forget_early_job(self):
@@ -383,30 +434,25 @@ class _JobFuture(cf.Future[T]):
 
     def _settle(self, inner: cf.Future[_Outcome]) -> None:
         # Runs where the inner future finished: the executor's manager thread.
+        # The two futures refer to each other (this one as the inner one's
+        # callback); dropping the reference here leaves no cycle behind, and
+        # so no garbage for the cyclic collector on every job.
+        self._inner = None
         if inner.cancelled():
             super().cancel()
             return
-        exc = inner.exception()
-        if exc is not None:
-            if self._pool.revoked and isinstance(exc, cf.BrokenExecutor):
-                exc = _revoked_error(self._pool.pool_name, exc)
-            self.fail(exc)
-            return
-        ok, data, type_name, message, text, reason = inner.result()
+        ok, value = self._pool._outcome(inner)
         if ok:
-            try:
-                self.set_result(pickle.loads(data or b""))
-            except Exception as why:
-                self.fail(
-                    pickle.UnpicklingError(
-                        f"the job's result ({type_name} object) could not be "
-                        f"rebuilt in this process: {why!r}"
-                    )
-                )
-            return
-        error = _rebuild_exception(data, type_name, message, reason)
-        error.__cause__ = _RemoteTraceback(f'\n"""\n{text}"""')
-        self.fail(error)
+            self.set_result(value)
+        else:
+            self.fail(value)
+
+
+def _result(fut: cf.Future[T]) -> T:
+    try:
+        return fut.result()
+    finally:
+        del fut  # see ExecutorLease.run: no frame-to-error cycle
 
 
 def _rebuild_exception(

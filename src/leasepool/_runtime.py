@@ -10,7 +10,11 @@ enough for the per-call hot path:
   becomes a silent no-op once the loop or trio run has ended (a job finishing
   after the loop must not raise or log on its worker thread);
 * spawning the manager's supervisor as a task that lives from ``start()`` to
-  ``stop()`` even when those are called from different tasks.
+  ``stop()`` even when those are called from different tasks;
+* parking a task until the loop thread wakes it exactly once (a lease waiter
+  handed a pool), at the cost of one native future or task reschedule: an
+  ``anyio.Event`` per waiter adds a backend lookup and two wrapper layers,
+  a third of the time a contended hand-off takes.
 """
 
 from __future__ import annotations
@@ -24,9 +28,29 @@ from typing import Any, TypeVar
 
 import anyio.lowlevel
 
-__all__ = ["Runtime", "current_runtime"]
+__all__ = ["Parker", "Runtime", "current_runtime"]
 
 T = TypeVar("T")
+
+
+class Parker:
+    """One task's wait for one wake-up, both on the loop thread.
+
+    ``wait()`` is cancellable like any checkpoint; ``wake()`` never blocks and
+    is a no-op after the first call or once the waiting task was cancelled.
+    A ``wake()`` before ``wait()`` makes ``wait()`` return at once. ``value``
+    is free for the waker to leave something for the woken task.
+    """
+
+    __slots__ = ("value",)
+
+    value: Any
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+    async def wait(self) -> None:
+        raise NotImplementedError
 
 
 class Runtime:
@@ -54,13 +78,18 @@ class Runtime:
         """
         raise NotImplementedError
 
-    async def wait_future(self, fut: Future[T]) -> T:
-        """Wait for ``fut`` without holding a thread; cancel it if cancelled.
+    async def wait_done(self, fut: Future[Any]) -> None:
+        """Wait until ``fut`` is done without holding a thread.
 
         Cancelling the waiting task cancels ``fut`` if it has not started and
         returns promptly either way; work already running goes on in its worker.
         """
         raise NotImplementedError
+
+    async def wait_future(self, fut: Future[T]) -> T:
+        """Wait for ``fut`` like :meth:`wait_done`, then return its result."""
+        await self.wait_done(fut)
+        return fut.result()
 
     def spawn_system_task(
         self, fn: Callable[[], Coroutine[Any, Any, None]], name: str
@@ -72,10 +101,31 @@ class Runtime:
         """Return the loop's clock, the one ``anyio.current_time()`` reads."""
         raise NotImplementedError
 
+    def parker(self) -> Parker:
+        """Return a new :class:`Parker` for a task of this runtime."""
+        raise NotImplementedError
+
 
 def _wake_asyncio(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class _AsyncioParker(Parker):
+    __slots__ = ("_fut",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.value = None
+        self._fut: asyncio.Future[None] = loop.create_future()
+
+    def wake(self) -> None:
+        if not self._fut.done():
+            self._fut.set_result(None)
+
+    async def wait(self) -> None:
+        # A cancelled task cancels the future it awaits, so a later wake()
+        # finds it done and does nothing.
+        await self._fut
 
 
 class _AsyncioRuntime(Runtime):
@@ -99,11 +149,11 @@ class _AsyncioRuntime(Runtime):
             return False
         return True
 
-    async def wait_future(self, fut: Future[T]) -> T:
+    async def wait_done(self, fut: Future[Any]) -> None:
         loop = self._loop
         waiter: asyncio.Future[None] = loop.create_future()
 
-        def on_done(_: Future[T]) -> None:
+        def on_done(_: Future[Any]) -> None:
             try:
                 loop.call_soon_threadsafe(_wake_asyncio, waiter)
             except RuntimeError:  # the loop is closed: nobody is waiting
@@ -115,7 +165,6 @@ class _AsyncioRuntime(Runtime):
         except BaseException:
             fut.cancel()
             raise
-        return fut.result()
 
     def spawn_system_task(
         self, fn: Callable[[], Coroutine[Any, Any, None]], name: str
@@ -127,15 +176,52 @@ class _AsyncioRuntime(Runtime):
     def time(self) -> float:
         return self._loop.time()
 
+    def parker(self) -> Parker:
+        return _AsyncioParker(self._loop)
+
+
+class _TrioParker(Parker):
+    __slots__ = ("_lowlevel", "_task", "_woken")
+
+    def __init__(self, lowlevel: Any) -> None:
+        self.value = None
+        self._lowlevel = lowlevel
+        self._task: Any = None
+        self._woken = False
+
+    def wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            self._lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        if self._woken:
+            return
+        lowlevel = self._lowlevel
+        self._task = lowlevel.current_task()
+        await lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: object) -> object:
+        # Cancelled before any wake(): forget the task so that a late wake()
+        # cannot reschedule it a second time.
+        self._task = None
+        self._woken = True
+        return self._lowlevel.Abort.SUCCEEDED
+
 
 class _TrioRuntime(Runtime):
-    __slots__ = ("_token", "_trio")
+    __slots__ = ("_lowlevel", "_token", "_trio")
 
     def __init__(self, trio: Any, token: Any) -> None:
         self.name = "trio"
         self.thread_id = threading.get_ident()
         self.checkpoint_if_cancelled = _anyio_checkpoint_if_cancelled()
         self._trio = trio
+        self._lowlevel = trio.lowlevel
         self._token = token
 
     def is_current(self) -> bool:
@@ -151,8 +237,8 @@ class _TrioRuntime(Runtime):
             return False
         return True
 
-    async def wait_future(self, fut: Future[T]) -> T:
-        lowlevel = self._trio.lowlevel
+    async def wait_done(self, fut: Future[Any]) -> None:
+        lowlevel = self._lowlevel
         task = lowlevel.current_task()
         aborted = False
 
@@ -160,7 +246,7 @@ class _TrioRuntime(Runtime):
             if not aborted:
                 lowlevel.reschedule(task)
 
-        def on_done(_: Future[T]) -> None:  # runs in the worker thread
+        def on_done(_: Future[Any]) -> None:  # runs in the worker thread
             try:
                 self._token.run_sync_soon(wake)
             except self._trio.RunFinishedError:
@@ -174,7 +260,6 @@ class _TrioRuntime(Runtime):
 
         fut.add_done_callback(on_done)
         await lowlevel.wait_task_rescheduled(abort)
-        return fut.result()
 
     def spawn_system_task(
         self, fn: Callable[[], Coroutine[Any, Any, None]], name: str
@@ -183,6 +268,9 @@ class _TrioRuntime(Runtime):
 
     def time(self) -> float:
         return float(self._trio.current_time())
+
+    def parker(self) -> Parker:
+        return _TrioParker(self._lowlevel)
 
 
 def _anyio_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
