@@ -137,11 +137,19 @@ class _LeasedProcessPool(cf.ProcessPoolExecutor):
         Once the workers run, the future is the executor's own, holding the
         worker's packed outcome, and :meth:`unpack` makes it the job's result
         in the caller's thread: no second future is set on the executor's
-        manager thread, which competes with the event loop for the GIL.
+        manager thread, which competes with the event loop for the GIL. A
+        job that cannot be pickled raises ``PicklingError`` here.
         """
         if self._starting:  # only ever goes from True to False
             return self.submit(fn, *args, **kwargs), _result
-        return super().submit(_run_job, _Call(fn, args, kwargs)), self.unpack
+        # Pickled here, once, rather than by _Call in the feeder thread, where
+        # the executor pickles the bytes again: the caller waits for the job
+        # anyway, so a job that cannot be pickled fails right here.
+        try:
+            payload = _dumps((fn, args, kwargs))
+        except Exception as exc:
+            raise _unpicklable_call(fn, args, kwargs, exc) from None
+        return super().submit(_run_job, payload), self.unpack
 
     def unpack(self, inner: cf.Future[_Outcome]) -> Any:
         """Return the result of a finished job, or raise its error.
