@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: set up a venv, then run ruff, mypy --strict on src, and the
-# whole pytest suite. Exits non-zero if any of them fails.
+# The test command: set up a venv, then run ruff, mypy --strict on src and
+# tests, and the whole pytest suite. Exits non-zero if any of them fails.
 #
 # Usage: [PYTHON=python3.14] scripts/test.sh [VENV_DIR] [PYTEST_ARGS...]
 #   PYTHON    interpreter to test with (default: python3)
@@ -39,7 +39,7 @@ check() {  # check LABEL COMMAND...
 }
 check "ruff check" "$py" -m ruff check .
 check "ruff format --check" "$py" -m ruff format --check .
-check "mypy --strict src" "$py" -m mypy --strict src
+check "mypy --strict src tests" "$py" -m mypy --strict src tests
 check "pytest" "$py" -m pytest "$@"
 
 if [ ${#failed[@]} -gt 0 ]; then

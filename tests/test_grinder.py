@@ -288,7 +288,7 @@ async def test_grinder_handle_api() -> None:
 def test_grinder_handle_not_constructible() -> None:
     grinder = WorkGrinder(executor_manager=make_manager())
     with pytest.raises(TypeError, match="enqueue"):
-        GrinderHandle(object(), grinder, echo, (), {}, None, None)
+        GrinderHandle(object(), grinder._queue, echo, (), {}, None, None)
 
 
 async def test_grinder_cancel_pending_handle_leaves_queue_at_once() -> None:
@@ -317,7 +317,7 @@ async def test_grinder_cancel_many_pending_handles_compacts_queue() -> None:
         for handle in handles[1:-1]:
             handle.cancel()
         assert grinder.stats()["pending"] == 2
-        assert len(grinder._queue) < 300  # cancelled ones do not pile up
+        assert len(grinder._queue.items) < 300  # cancelled ones do not pile up
         await grinder.stop()
         assert (handles[0].result(), handles[-1].result()) == (0, 299)
 

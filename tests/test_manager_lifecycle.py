@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+import warnings
 import weakref
 from typing import Any
 
@@ -398,7 +399,17 @@ def test_manager_job_finishing_after_run_ended_is_silent(
     anyio.run(main, backend=runtime)
     manager = leftovers.pop("strong")
     assert not manager.started
-    del manager
+    # The program never stopped it: collecting it says so, once. (Its lease
+    # was released, so no lease warns.)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del manager
+        gc.collect()
+    messages = [str(w.message) for w in caught if w.category is ResourceWarning]
+    del caught  # a recorded warning holds its source
+    assert leftovers["manager"]() is None
+    assert len(messages) == 1
+    assert "never stopped" in messages[0]
     gate.open()
     assert leftovers["future"].result(timeout=PATIENCE) == "proxy"
     deadline = threading.Event()
@@ -452,7 +463,14 @@ def test_manager_restarts_under_another_runtime(
 ) -> None:
     prefix = unique_prefix()
     manager = LeasedExecutorManager(max_pools=1, name_prefix=prefix)
-    assert anyio.run(_use_once(manager, stop=stop_first), backend=first) == 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert anyio.run(_use_once(manager, stop=stop_first), backend=first) == 4
+        gc.collect()
+    # Without a stop the first run's lease ends with the run, never released.
+    unreleased = [w for w in caught if "never released" in str(w.message)]
+    assert len(unreleased) == (0 if stop_first else 1)
+    del caught
     assert not manager.started
     assert manager.total_count == 0
     assert anyio.run(_use_once(manager, stop=True), backend=second) == 4
@@ -484,8 +502,18 @@ def test_manager_runs_on_uvloop(caplog: pytest.LogCaptureFixture) -> None:
         late = await manager.acquire()
         leftover["future"] = late.executor.submit(time.sleep, 0.2)
         await late.release()
+        leftover["manager"] = manager
 
     anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del leftover["manager"]
+        gc.collect()
+    # Never stopped, on purpose: collecting it says so.
+    messages = [str(w.message) for w in caught if w.category is ResourceWarning]
+    del caught  # a recorded warning holds its source
+    assert len(messages) == 1
+    assert "never stopped" in messages[0]
     assert leftover["future"].result(timeout=PATIENCE) is None
     for _ in range(500):
         if not manager_threads(prefix):

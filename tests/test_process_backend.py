@@ -498,7 +498,7 @@ def test_process_early_jobs_of_a_revoked_pool_fail_without_deadlock() -> None:
         jobs = [pool.submit(add, n, n) for n in range(3)]
         # Anyone's callback may touch sibling futures while they fail.
         jobs[0].add_done_callback(lambda _: jobs[2].cancel())
-        assert isinstance(pool, _backends._LeasedProcessPool)
+        assert isinstance(pool, _backends.LeasedProcessPool)
         pool.kill_now()
     backend.shutdown_pool(pool, revoke=True)
     for job in jobs:

@@ -69,7 +69,8 @@ def test_public_api_backend_enum_values() -> None:
 @pytest.mark.parametrize("spelling", ["process", "PROCESS", "Process"])
 def test_executor_backend_accepts_any_case(spelling: str) -> None:
     assert ExecutorBackend(spelling) is ExecutorBackend.PROCESS
-    assert ExecutorBackend.PROCESS == "process"
+    assert str(ExecutorBackend.PROCESS) == "process"
+    assert isinstance(ExecutorBackend.PROCESS, str)
 
 
 def test_executor_backend_unknown_name_is_refused() -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._errors import UnsupportedBackendError
 from ._process_logging import LogForwarder, ProcessLoggingConfig, forwarding_initializer
-from ._process_pool import _LeasedProcessPool
+from ._process_pool import LeasedProcessPool
 from ._validation import check_positive_int
 
 __all__ = [
@@ -277,7 +277,7 @@ class ProcessBackend:
             )
             kwargs["initializer"] = forwarding_initializer
         try:
-            return _LeasedProcessPool(
+            return LeasedProcessPool(
                 workers, name, forwarder=forwarder, channel=channel, **kwargs
             )
         except BaseException:
@@ -289,7 +289,7 @@ class ProcessBackend:
         return isinstance(exc, cf.BrokenExecutor)
 
     def shutdown_pool(self, executor: cf.Executor, *, revoke: bool) -> None:
-        if revoke and isinstance(executor, _LeasedProcessPool):
+        if revoke and isinstance(executor, LeasedProcessPool):
             executor.kill_now()
         executor.shutdown(wait=True, cancel_futures=True)
 

@@ -4,7 +4,7 @@ A :class:`Batch` is what the event loop and the batch's workers share. Workers
 claim items from its ``todo`` under its ``lock`` and append what each call
 did, ``(item, ok, value)``, to its ``finished`` deque; the loop applies those
 outcomes when a job ends, and for a long thread batch every few milliseconds
-(see :mod:`leasepool._grinder`). Nothing here waits for the loop.
+(see :mod:`leasepool._grinder_engine`). Nothing here waits for the loop.
 
 How a batch reaches the pool depends on the backend:
 

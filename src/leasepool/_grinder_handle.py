@@ -1,4 +1,4 @@
-"""The handle of one call queued on a grinder, and the grinder's statistics.
+"""The handle of one call queued on a grinder, how it is settled, and stats.
 
 To the grinder an *item* (one queued call) is its :class:`GrinderHandle`: the
 call, its state and, in time, its outcome live on the handle itself, so that
@@ -6,6 +6,16 @@ queuing a call makes one object. The states are drawn in the theory of
 operation of :mod:`leasepool._grinder`. Only the grinder moves an item from
 state to state, on its event loop's thread, except that a batch's worker
 claims an item (``BATCHED`` to ``RUNNING``) under the batch's lock.
+
+:class:`Tally` *settles* items (``DONE`` or ``CANCELLED``: outcome recorded,
+waiters woken, a thread's future resolved) and counts how they ended. The
+queue (:mod:`leasepool._grinder_queue`) and the batch engine
+(:mod:`leasepool._grinder_engine`) both settle items, so the settling lives
+here, beside the states it ends, rather than in either of them.
+
+The handle is public, so what the grinder's modules share of it keeps a
+leading underscore (``item._state``, ``item._event``, ...): those slots are
+the grinder's, not the user's.
 """
 
 from __future__ import annotations
@@ -20,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 import anyio
 
 if TYPE_CHECKING:
-    from ._grinder import WorkGrinder
     from ._grinder_batch import Batch
+    from ._grinder_queue import CallQueue
 
 __all__ = [
     "BATCHED",
@@ -35,6 +45,7 @@ __all__ = [
     "GrinderStatistics",
     "Item",
     "ItemState",
+    "Tally",
 ]
 
 T = TypeVar("T")
@@ -83,9 +94,9 @@ class GrinderHandle(Generic[T]):
         "_event",
         "_fn",
         "_future",
-        "_grinder",
         "_kwargs",
         "_ok",
+        "_queue",
         "_state",
         "_value",
         "owner",
@@ -94,7 +105,7 @@ class GrinderHandle(Generic[T]):
     def __init__(
         self,
         key: object,
-        grinder: WorkGrinder,
+        queue: CallQueue,
         fn: Callable[..., T],
         args: tuple[object, ...],
         kwargs: dict[str, object],
@@ -103,7 +114,7 @@ class GrinderHandle(Generic[T]):
     ) -> None:
         if key is not MAKE_HANDLE:
             raise TypeError("grinder handles are made by WorkGrinder.enqueue()")
-        self._grinder = grinder
+        self._queue = queue  # where the call was queued: it can withdraw it
         self._fn = fn
         self._args = args
         self._kwargs = kwargs
@@ -138,8 +149,8 @@ class GrinderHandle(Generic[T]):
         state = self._state
         if state is CANCELLED or state is DONE:
             return state is CANCELLED
-        self._grinder._check_loop()
-        return self._grinder._cancel_item(self, "cancelled by its handle")
+        self._queue.check_loop()
+        return self._queue.cancel(self, "cancelled by its handle")
 
     def result(self) -> T:
         """Return the call's result now, or raise its exception.
@@ -173,7 +184,7 @@ class GrinderHandle(Generic[T]):
     async def wait(self) -> T:
         """Wait for the call's outcome; the same as ``await handle``."""
         if not self.done():
-            self._grinder._check_loop()
+            self._queue.check_loop()
             await _settled(self)
         return self.result()
 
@@ -209,6 +220,78 @@ async def _settled(item: Item) -> None:
             # Woken with cohort-mates while this call is still out: wait on
             # an event of its own from now on.
             event = item._event = anyio.Event()
+
+
+class Tally:
+    """Settles items and counts how they ended (on the grinder's loop).
+
+    An item is settled once: the first outcome wins, and one that arrives
+    later (a call that finished after ``stop(cancel_pending=True)`` cancelled
+    it, say) is dropped. The counts live as long as the grinder, across
+    restarts.
+    """
+
+    __slots__ = ("cancelled", "completed", "failed")
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+
+    def settle_cancelled(self, item: Item, why: str) -> None:
+        """Settle an item as cancelled, for the reason ``why``."""
+        item._state = CANCELLED
+        item._value = why
+        item._batch = None
+        self.cancelled += 1
+        event = item._event
+        if event is not None:
+            event.set()
+        future = item._future
+        if future is not None:
+            future.cancel()
+
+    def fail(self, item: Item, exc: BaseException) -> None:
+        """Settle an item with an exception, unless it is settled already."""
+        self.settle(item, False, exc)
+
+    def settle(self, item: Item, ok: bool, value: Any) -> None:
+        """Publish an item's outcome, unless it is settled already."""
+        if self.apply(item, ok, value):
+            event = item._event
+            if event is not None:
+                event.set()
+
+    def apply(self, item: Item, ok: bool, value: Any) -> bool:
+        """Record an outcome; the caller wakes the item's waiters.
+
+        Leaving the wake-up to the caller lets the batch engine set a cohort's
+        event once for a whole group of outcomes.
+
+        Returns:
+            ``False``, having done nothing, if the item was settled already.
+        """
+        state = item._state
+        if state is DONE or state is CANCELLED:
+            return False
+        item._state = DONE
+        item._ok = ok
+        item._value = value
+        item._batch = None  # no cycle left for the garbage collector to find
+        if ok:
+            self.completed += 1
+        else:
+            self.failed += 1
+        future = item._future
+        if future is not None:
+            try:
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            except cf.InvalidStateError:
+                pass  # cancelled from its thread a moment ago
+        return True
 
 
 @dataclass(frozen=True, slots=True)

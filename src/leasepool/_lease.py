@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import enum
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, ParamSpec, TypeVar, final
@@ -43,6 +44,7 @@ class ExecutorLease:
 
     __slots__ = (
         "__weakref__",
+        "_abandoned",
         "_executor",
         "_grace_logged",
         "_manager",
@@ -74,6 +76,8 @@ class ExecutorLease:
         self._manager = manager
         self._pool = pool
         self._state = LeaseState.ACTIVE
+        # Set when a run ended under its unstopped manager while it was active.
+        self._abandoned = False
         self._grace_logged = False
         self.lease_id = lease_id
         self.owner = owner
@@ -164,6 +168,22 @@ class ExecutorLease:
         tb: TracebackType | None,
     ) -> None:
         self._manager._release_lease(self)
+
+    def __del__(self) -> None:
+        # Never released: still active (nothing ended it), or ended only
+        # because the run ended under its manager, which was never stopped.
+        # A lease ended by stop() or revoked on time has nothing to report.
+        # getattr: a refused construction never set them.
+        if getattr(self, "_abandoned", False) or (
+            getattr(self, "_state", None) is LeaseState.ACTIVE
+        ):
+            warnings.warn(
+                f"{self!r} was never released; use 'async with' or "
+                "'await lease.release()'",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
 
     def __repr__(self) -> str:
         owner = f" owner={self.owner!r}" if self.owner is not None else ""

@@ -56,6 +56,7 @@ import itertools
 import logging
 import math
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -191,6 +192,10 @@ class LeasedExecutorManager:
         self._kind = settings.kind
 
         self._state = _State.STOPPED
+        # Started and not yet asked to stop: what a ResourceWarning at garbage
+        # collection reports (a run that ends under a started manager stops
+        # it, but the program never said so and may rely on it elsewhere).
+        self._needs_stop = False
         self._runtime: Runtime | None = None
         self._pools: dict[str, Pool] = {}
         self._idle: list[Pool] = []
@@ -268,6 +273,7 @@ class LeasedExecutorManager:
         # caller's ``async with`` never stops.
         with anyio.CancelScope(shield=True):
             await ready.wait()
+        self._needs_stop = True
         self._log.info(
             "manager.started backend=%s runtime=%s pools=%d max_pools=%d",
             self._backend.name,
@@ -291,6 +297,7 @@ class LeasedExecutorManager:
         await self._stop(force=False)
 
     async def _stop(self, *, force: bool) -> None:
+        self._needs_stop = False
         if self._state is _State.STOPPED:
             return
         runtime = self._runtime
@@ -315,9 +322,10 @@ class LeasedExecutorManager:
                 await done.wait()
             raise
 
-    def _end_leases(self) -> None:
+    def _end_leases(self, *, abandoned: bool = False) -> None:
         for lease in self._leases.values():
             lease._state = LeaseState.RELEASED
+            lease._abandoned = abandoned
             lease._pool.drop_holder()
         self._leases.clear()
         self._draining.clear()
@@ -750,7 +758,10 @@ class LeasedExecutorManager:
             self._wake = None
             self._retire_requests.clear()
             ready.set()
-            self._end_leases()
+            # Ended by the run going away, not by stop(): their holders (and
+            # the program) never let go of them, which they report when
+            # collected.
+            self._end_leases(abandoned=self._needs_stop)
             for waiter in self._waiters:
                 waiter.wake()
             self._waiters.clear()
@@ -959,6 +970,17 @@ class LeasedExecutorManager:
     def statistics(self) -> ManagerStatistics:
         """Return a frozen snapshot of the manager's counts."""
         return statistics_from_stats(self.stats())
+
+    def __del__(self) -> None:
+        # getattr: __init__ may have refused its arguments before setting it.
+        if getattr(self, "_needs_stop", False):
+            warnings.warn(
+                f"{self!r} was started and never stopped; use 'async with' or "
+                "'await manager.stop()'",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
 
     def __repr__(self) -> str:
         state = "" if self._state is _State.RUNNING else f" {self._state.value}"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._backends import PoolBackend
-from ._process_pool import _LeasedProcessPool
+from ._process_pool import LeasedProcessPool
 
 __all__ = ["Pool", "PoolState"]
 
@@ -146,7 +146,7 @@ class Pool:
             self.running += 1
         executor = self.executor
         try:
-            if unwrapped and isinstance(executor, _LeasedProcessPool):
+            if unwrapped and isinstance(executor, LeasedProcessPool):
                 fut, unwrap = executor.submit_unwrapped(fn, args, kwargs)
             else:
                 fut, unwrap = executor.submit(fn, *args, **kwargs), _result

@@ -5,11 +5,11 @@ manager's leases need:
 
 * Workers start on a thread of the pool's own as soon as the pool exists, so
   that ``submit`` on the event loop never waits for a process to start.
-* A revoked pool can be killed at once (:meth:`_LeasedProcessPool.kill_now`),
+* A revoked pool can be killed at once (:meth:`LeasedProcessPool.kill_now`),
   and its callers are told that the revocation is why their jobs failed.
 * Each job crosses to the worker as one pickled payload (:class:`_Call`, run
   by :func:`_run_job`) and its outcome comes back as plain data that the
-  parent unpickles itself (:meth:`_LeasedProcessPool.unpack`). A function,
+  parent unpickles itself (:meth:`LeasedProcessPool.unpack`). A function,
   argument, result or exception that cannot make the trip fails its own job
   with an error saying which part it was, and the pool goes on.
 
@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 from ._errors import WorkerExceptionError
 from ._process_logging import LogForwarder
 
-__all__ = ["_LeasedProcessPool"]
+__all__ = ["LeasedProcessPool"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -74,7 +74,7 @@ def _warm_up_forkserver(context: Any) -> None:
             _forkserver_warm = True
 
 
-class _LeasedProcessPool(cf.ProcessPoolExecutor):
+class LeasedProcessPool(cf.ProcessPoolExecutor):
     """A ``ProcessPoolExecutor`` that starts early, can be revoked, forwards logs.
 
     The stdlib starts a worker inside ``submit`` when none is idle: on the
@@ -409,7 +409,7 @@ class _JobFuture(cf.Future[T]):
     for a job submitted while the pool's workers start, once they run.
     """
 
-    def __init__(self, pool: _LeasedProcessPool) -> None:
+    def __init__(self, pool: LeasedProcessPool) -> None:
         super().__init__()
         self._pool = pool
         self._inner: cf.Future[_Outcome] | None = None
