@@ -42,8 +42,19 @@ task tree so that ``start()`` and ``stop()`` may come from different tasks. It
 sleeps until the next soft expiry, hard expiry or sizing check, or until woken,
 which is why revocation happens on time even when nothing else calls in.
 
-This module holds the state machine above and its supervisor; the rest lives
-beside it. The constructor's arguments are checked in ``_settings``, the size
+Where each part lives, and why there. This module keeps the public facade
+(construction, start/stop, introspection) and the paths a caller waits on and
+that are measured per call: acquire and the waiter queue, granting, release
+and the hand-off of a freed pool. They run inline here, with the tables they
+touch held as plain attributes, so the split adds no call to them (granting
+reads the supervisor's next wake-up through one attribute, nothing more).
+The pool tables (``_pools``, ``_idle``, ``_draining`` above) belong to a
+``PoolSet`` (``_pool_set``), which also creates pools and shuts them down
+without waiting. Everything on the supervisor's clock rather than a caller's
+(expiry and revocation, sizing, and retiring pools, quarantine included) is a
+``Supervisor`` (``_supervisor``), which works on the same tables, this
+manager's live leases and its waiter queue. Neither refers back to the
+manager. The constructor's arguments are checked in ``_settings``, the size
 signal is turned into a pool count in ``_sizing``, ``stats()`` is shaped in
 ``_stats`` from values passed to it, and the short-lived shutdown thread is
 started by ``_threads``.
@@ -54,7 +65,6 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-import math
 import threading
 import warnings
 import weakref
@@ -78,12 +88,12 @@ from ._errors import (
 from ._lease import ExecutorLease, LeaseState, make_lease
 from ._log import GuardedLogger
 from ._pool import Pool, PoolState
+from ._pool_set import PoolSet
 from ._process_logging import ProcessLoggingConfig
 from ._runtime import Parker, Runtime, current_runtime
 from ._settings import check_settings
-from ._sizing import desired_pool_count
 from ._stats import ManagerStatistics, build_stats, statistics_from_stats
-from ._threads import run_in_thread
+from ._supervisor import Supervisor
 from ._validation import check_duration, check_optional_duration
 
 __all__ = ["LeasedExecutorManager", "ManagerStatistics"]
@@ -97,8 +107,6 @@ class _State(enum.Enum):
     STOPPING = "stopping"
 
 
-# TODO: at ~970 lines this is past STYLE's ~500; retirement and the supervisor
-# share the pool tables with leasing, and splitting them needs a design review.
 class LeasedExecutorManager:
     """Hands out time-limited leases on a bounded set of executor pools.
 
@@ -181,12 +189,10 @@ class LeasedExecutorManager:
         self._min_pools = settings.min_pools
         self._units_per_pool = settings.units_per_pool
         self._workers_per_pool = settings.workers_per_pool
-        self._size_provider = settings.size_provider
-        self._check_interval = settings.check_interval
         self._default_lease_seconds = settings.default_lease_seconds
         self._grace_seconds = settings.grace_seconds
         self._name_prefix = settings.name_prefix
-        self._log = GuardedLogger(settings.logger)
+        self._log = log = GuardedLogger(settings.logger)
         self._process_logging = settings.process_logging
         self._backend = settings.backend
         self._kind = settings.kind
@@ -197,35 +203,23 @@ class LeasedExecutorManager:
         # it, but the program never said so and may rely on it elsewhere).
         self._needs_stop = False
         self._runtime: Runtime | None = None
-        self._pools: dict[str, Pool] = {}
-        self._idle: list[Pool] = []
         self._leases: dict[str, ExecutorLease] = {}
-        # Pools of released leases whose jobs still run, with the lease whose
-        # hard expiry still bounds them.
-        self._draining: dict[Pool, ExecutorLease] = {}
         # Parked acquirers; the pool handed to one is left in its ``value``.
         self._waiters: deque[Parker] = deque()
-        self._target = self._min_pools
-        self._retiring = 0
-        self._pool_numbers = itertools.count(1)
+        self._pool_set = pool_set = PoolSet(
+            settings, log, weakref.WeakMethod(self._on_pool_idle)
+        )
+        # The pool set's tables, never rebound: read here without a hop.
+        self._pools = pool_set.pools
+        self._idle = pool_set.idle
+        self._draining = pool_set.draining
+        self._supervisor = Supervisor(
+            settings, log, pool_set, self._leases, self._waiters
+        )
         self._lease_numbers = itertools.count(1)
-        self._tg: anyio.abc.TaskGroup | None = None
-        # Scopes of running retirements, cancelled when a stop() is cancelled.
-        self._retire_scopes: set[anyio.CancelScope] = set()
-        # Pools waiting for the supervisor to start their retirement.
-        self._retire_requests: list[tuple[Pool, bool]] = []
-        self._abandoned = False
-        self._wake: anyio.Event | None = None
-        self._supervisor_done: anyio.Event | None = None
-        self._next_wake = math.inf
-        self._next_size_check = math.inf
-        self._scale_dirty = False
         self._granted = 0
         self._released = 0
-        self._revoked = 0
-        self._retired = 0
         self._waited = 0
-        self._peak_pools = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -235,36 +229,25 @@ class LeasedExecutorManager:
         A start that raises (cancelled, say) leaves the manager stopped.
         """
         await checkpoint_if_cancelled()
+        supervisor = self._supervisor
         if self._state is not _State.STOPPED:
             runtime = self._runtime
             if runtime is None or not runtime.is_current():
                 raise wrong_loop("this manager")
             if self._state is _State.RUNNING:
                 return
-            assert self._supervisor_done is not None
-            await self._supervisor_done.wait()
+            assert supervisor.done is not None
+            await supervisor.done.wait()
         runtime = current_runtime()
         self._runtime = runtime
         self._state = _State.RUNNING
-        self._next_wake = math.inf
-        self._scale_dirty = False
-        self._abandoned = False
-        self._supervisor_done = anyio.Event()
-        ready = anyio.Event()
-        opened = False
         try:
-            open_hook = getattr(self._backend, "open", None)
-            if open_hook is not None:
-                open_hook(self._log.logger)
-                opened = True
-            self._resize(runtime.time())
+            supervisor.begin(runtime)
         except BaseException:
             self._state = _State.STOPPED
             self._runtime = None
-            self._shutdown_now()
-            if opened:
-                self._close_backend()
             raise
+        ready = anyio.Event()
         runtime.spawn_system_task(
             lambda: self._supervise(ready), name=f"{self._name_prefix}-supervisor"
         )
@@ -303,22 +286,24 @@ class LeasedExecutorManager:
         runtime = self._runtime
         if runtime is None or not runtime.is_current():
             raise wrong_loop("this manager")
-        done = self._supervisor_done
+        supervisor = self._supervisor
+        done = supervisor.done
         assert done is not None
         if self._state is _State.RUNNING:
             self._state = _State.STOPPING
+            supervisor.running = False
             self._log.info("manager.stopping backend=%s", self._backend.name)
             self._end_leases()
             while self._waiters:
                 self._waiters.popleft().wake()
-            self._wake_supervisor()
+            supervisor.wake()
         if force:
-            self._abandon_retirements()
+            supervisor.abandon()
         try:
             await done.wait()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                self._abandon_retirements()
+                supervisor.abandon()
                 await done.wait()
             raise
 
@@ -329,12 +314,6 @@ class LeasedExecutorManager:
             lease._pool.drop_holder()
         self._leases.clear()
         self._draining.clear()
-
-    def _abandon_retirements(self) -> None:
-        """Stop waiting for running jobs: every retirement shuts down by force."""
-        self._abandoned = True
-        for scope in list(self._retire_scopes):
-            scope.cancel()
 
     async def __aenter__(self) -> LeasedExecutorManager:
         await self.start()
@@ -487,7 +466,9 @@ class LeasedExecutorManager:
             pool.state = PoolState.LEASED
             return pool
         if len(self._pools) < self._max_pools:
-            pool = self._new_pool()
+            runtime = self._runtime
+            assert runtime is not None
+            pool = self._pool_set.new(runtime)
             pool.state = PoolState.LEASED
             return pool
         return None
@@ -535,8 +516,9 @@ class LeasedExecutorManager:
         pool.hold(lease)
         self._leases[lease.lease_id] = lease
         self._granted += 1
-        if lease.soft_expires_at < self._next_wake:
-            self._wake_supervisor()
+        supervisor = self._supervisor
+        if lease.soft_expires_at < supervisor.next_wake:
+            supervisor.wake()
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(
                 "lease.granted lease_id=%s owner=%s pool=%s seconds=%s",
@@ -574,27 +556,7 @@ class LeasedExecutorManager:
             pool.state = PoolState.DRAINING
             self._draining[pool] = lease
 
-    # -- pools --------------------------------------------------------------
-
-    def _new_pool(self) -> Pool:
-        runtime = self._runtime
-        assert runtime is not None
-        name = f"{self._name_prefix}-{next(self._pool_numbers)}"
-        executor = self._backend.create_pool(self._workers_per_pool, name)
-        # Weak: a job's future, which a user may keep, must not keep the
-        # manager alive through this callback.
-        on_idle = weakref.WeakMethod(self._on_pool_idle)
-
-        def notify_idle(pool: Pool) -> None:
-            method = on_idle()
-            if method is not None:
-                runtime.call_soon_threadsafe(method, pool)
-
-        pool = Pool(name, executor, self._backend, notify_idle)
-        self._pools[name] = pool
-        self._peak_pools = max(self._peak_pools, len(self._pools))
-        self._log.debug("pool.created pool=%s workers=%d", name, self._workers_per_pool)
-        return pool
+    # -- pools and the supervisor -------------------------------------------
 
     def _on_pool_idle(self, pool: Pool) -> None:
         # Called on the loop thread when a watched pool's last job is done.
@@ -607,7 +569,8 @@ class LeasedExecutorManager:
         """Hand a pool with no unfinished job to the next waiter, or idle it."""
         self._draining.pop(pool, None)
         if pool.broken or self._state is not _State.RUNNING:
-            self._retire(pool, revoke=False, why="broken" if pool.broken else "stop")
+            why = "broken" if pool.broken else "stop"
+            self._supervisor.retire(pool, revoke=False, why=why)
             return
         if self._waiters:
             waiter = self._waiters.popleft()
@@ -618,146 +581,17 @@ class LeasedExecutorManager:
             pool.state = PoolState.IDLE
             self._idle.append(pool)
 
-    def _retire(self, pool: Pool, *, revoke: bool, why: str) -> None:
-        if pool.state is PoolState.RETIRING:
-            return
-        if pool.state is PoolState.IDLE:
-            self._idle.remove(pool)
-        self._draining.pop(pool, None)
-        pool.drop_holder()
-        pool.state = PoolState.RETIRING
-        self._retiring += 1
-        level = logging.WARNING if why in ("broken", "revoked") else logging.DEBUG
-        self._log.log(level, "pool.retiring pool=%s reason=%s", pool.name, why)
-        if self._tg is None:  # the supervisor is gone: no one to wait for it
-            self._shutdown_quietly(pool)
-            self._pools.pop(pool.name, None)
-            self._retiring -= 1
-            self._retired += 1
-        else:
-            # Started by the supervisor, not here: this may run as a bare loop
-            # callback (a pool going idle), where no task exists to spawn from.
-            self._retire_requests.append((pool, revoke))
-            self._wake_supervisor()
-
-    def _start_retirements(self, tg: anyio.abc.TaskGroup) -> None:
-        requests = self._retire_requests
-        while requests:
-            pool, revoke = requests.pop(0)
-            tg.start_soon(self._retire_task, pool, revoke)
-
-    async def _retire_task(self, pool: Pool, revoke: bool) -> None:
-        shutdown = self._backend.shutdown_pool
-        scope = anyio.CancelScope()
-        self._retire_scopes.add(scope)
-        finished = False
-        try:
-            with scope:
-                if self._abandoned:
-                    scope.cancel()
-                if revoke:
-                    # Stop what can be stopped (queued work; process workers),
-                    # then keep the pool counted while its jobs still run.
-                    await self._in_thread(lambda: shutdown(pool.executor, revoke=True))
-                    await self._wait_idle(pool)
-                # Gently: queued work is cancelled, running work waited for.
-                await self._in_thread(lambda: shutdown(pool.executor, revoke=False))
-                # A custom backend may return before its jobs are done.
-                await self._wait_idle(pool)
-            if scope.cancelled_caught:
-                # A cancelled stop(): shut down by force, wait for no job.
-                with anyio.CancelScope(shield=True):
-                    await self._in_thread(lambda: shutdown(pool.executor, revoke=True))
-            finished = True
-        except Exception:
-            finished = True
-            self._log.exception("pool.shutdown_failed pool=%s", pool.name)
-        finally:
-            self._retire_scopes.discard(scope)
-            if not finished:
-                # The event loop is going away under us: nothing can be
-                # awaited any more, so ask without waiting.
-                self._shutdown_quietly(pool)
-            if self._pools.pop(pool.name, None) is not None:
-                self._retiring -= 1
-            self._retired += 1
-            self._log.debug("pool.retired pool=%s", pool.name)
-            if self._state is _State.RUNNING:
-                self._fill()
-            self._wake_supervisor()
-
-    async def _wait_idle(self, pool: Pool) -> None:
-        if not pool.idle_or_watch():
-            pool.idle_event = event = anyio.Event()
-            await event.wait()
-
-    async def _in_thread(self, fn: Callable[[], None]) -> None:
-        """Run blocking shutdown work on a thread of its own; see run_in_thread."""
-        assert self._runtime is not None
-        await run_in_thread(self._runtime, fn, name=f"{self._name_prefix}-shutdown")
-
-    def _fill(self) -> None:
-        """Serve waiters from free slots, then grow idle pools to the target."""
-        try:
-            while self._waiters and len(self._pools) < self._max_pools:
-                self._pool_free(self._new_pool())
-            while (
-                len(self._pools) - self._retiring < self._target
-                and len(self._pools) < self._max_pools
-            ):
-                self._pool_free(self._new_pool())
-        except Exception:
-            self._log.exception("pool.create_failed backend=%s", self._backend.name)
-
-    def _shutdown_now(self) -> None:
-        """Shut every pool down without waiting: the event loop is going away."""
-        for pool in list(self._pools.values()):
-            self._shutdown_quietly(pool)
-        self._pools.clear()
-        self._idle.clear()
-        self._retiring = 0
-
-    def _shutdown_quietly(self, pool: Pool) -> None:
-        pool.drop_holder()
-        try:
-            pool.executor.shutdown(wait=False, cancel_futures=True)
-        except Exception:
-            self._log.exception("pool.shutdown_failed pool=%s", pool.name)
-
-    def _close_backend(self) -> None:
-        close_hook = getattr(self._backend, "close", None)
-        if close_hook is not None:
-            try:
-                close_hook()
-            except Exception:
-                self._log.exception(
-                    "backend.close_failed backend=%s", self._backend.name
-                )
-
-    # -- supervisor ---------------------------------------------------------
-
     async def _supervise(self, ready: anyio.Event) -> None:
+        """Run the supervisor task, then leave the manager stopped.
+
+        The body of the system task ``start()`` spawns. Whatever ends it (a
+        stop, an error, the run going away), the manager is stopped after.
+        """
+        supervisor = self._supervisor
         clean = False
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                ready.set()
-                await self._watch(tg)
-                for pool in list(self._pools.values()):
-                    self._retire(pool, revoke=False, why="stop")
-                while self._pools:
-                    self._wake = wake = anyio.Event()
-                    self._start_retirements(tg)
-                    await wake.wait()
-                self._wake = None
-            clean = not self._abandoned
-        except Exception:
-            self._log.exception("manager.supervisor_failed")
+            clean = await supervisor.run(ready)
         finally:
-            self._tg = None
-            self._wake = None
-            self._retire_requests.clear()
-            ready.set()
             # Ended by the run going away, not by stop(): their holders (and
             # the program) never let go of them, which they report when
             # collected.
@@ -765,133 +599,32 @@ class LeasedExecutorManager:
             for waiter in self._waiters:
                 waiter.wake()
             self._waiters.clear()
-            if self._pools:
-                self._shutdown_now()
-            self._close_backend()
+            supervisor.end()
             self._state = _State.STOPPED
             self._runtime = None
-            if self._supervisor_done is not None:
-                self._supervisor_done.set()
+            if supervisor.done is not None:
+                supervisor.done.set()
             self._log.info(
                 "manager.stopped backend=%s clean=%s", self._backend.name, clean
             )
-
-    async def _watch(self, tg: anyio.abc.TaskGroup) -> None:
-        runtime = self._runtime
-        assert runtime is not None
-        while self._state is _State.RUNNING:
-            self._start_retirements(tg)
-            now = runtime.time()
-            self._expire(now)
-            self._expire_drains(now)
-            if self._scale_dirty or now >= self._next_size_check:
-                self._resize(now)
-            deadline = self._next_size_check
-            for lease in self._leases.values():
-                due = (
-                    lease.hard_expires_at
-                    if lease._grace_logged
-                    else lease.soft_expires_at
-                )
-                deadline = min(deadline, due)
-            for lease in self._draining.values():
-                deadline = min(deadline, lease.hard_expires_at)
-            self._next_wake = deadline
-            self._wake = wake = anyio.Event()
-            if self._retire_requests:  # asked for while this pass ran
-                continue
-            with anyio.CancelScope(deadline=deadline):
-                await wake.wait()
-
-    def _wake_supervisor(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    def _expire(self, now: float) -> None:
-        for lease in list(self._leases.values()):
-            if now >= lease.hard_expires_at:
-                self._revoke(lease)
-            elif now >= lease.soft_expires_at and not lease._grace_logged:
-                lease._grace_logged = True
-                self._log.warning(
-                    "lease.grace lease_id=%s owner=%s revoked_in=%.3fs",
-                    lease.lease_id,
-                    lease.owner,
-                    lease.hard_expires_at - now,
-                )
-
-    def _expire_drains(self, now: float) -> None:
-        """Hold a released lease's running jobs to its hard expiry, too.
-
-        Releasing a lease must not be a way around revocation: a job that
-        outlives its lease's hard expiry gets its pool revoked (processes are
-        killed; a thread pool is quarantined until the job returns).
-        """
-        for pool, lease in list(self._draining.items()):
-            if now >= lease.hard_expires_at:
-                del self._draining[pool]
-                pool.revoked = True
-                self._log.warning(
-                    "lease.drain_revoked lease_id=%s owner=%s pool=%s running=%d",
-                    lease.lease_id,
-                    lease.owner,
-                    pool.name,
-                    pool.running,
-                )
-                self._retire(pool, revoke=True, why="revoked")
-
-    def _revoke(self, lease: ExecutorLease) -> None:
-        lease._state = LeaseState.REVOKED
-        lease._pool.drop_holder()
-        del self._leases[lease.lease_id]
-        self._revoked += 1
-        pool = lease._pool
-        pool.revoked = True
-        self._log.warning(
-            "lease.revoked lease_id=%s owner=%s pool=%s running=%d",
-            lease.lease_id,
-            lease.owner,
-            pool.name,
-            pool.running,
-        )
-        if pool.state in (PoolState.LEASED, PoolState.DRAINING):
-            self._retire(pool, revoke=True, why="revoked")
 
     # -- sizing -------------------------------------------------------------
 
     def notify_scale_changed(self) -> None:
         """Ask for the size signal to be read now; safe from any thread."""
-        self._scale_dirty = True
+        supervisor = self._supervisor
+        supervisor.scale_dirty = True
         runtime = self._runtime
         if runtime is None or self._state is not _State.RUNNING:
             return
         if threading.get_ident() == runtime.thread_id and runtime.is_current():
-            self._wake_supervisor()
+            supervisor.wake()
         else:
-            runtime.call_soon_threadsafe(self._wake_supervisor)
+            runtime.call_soon_threadsafe(supervisor.wake)
 
     def desired_executor_count(self) -> int:
         """Return the pool count the size signal asks for right now."""
-        return desired_pool_count(
-            self._size_provider,
-            self._log,
-            min_pools=self._min_pools,
-            max_pools=self._max_pools,
-            units_per_pool=self._units_per_pool,
-        )
-
-    def _resize(self, now: float) -> None:
-        self._scale_dirty = False
-        self._next_size_check = now + self._check_interval
-        target = self.desired_executor_count()
-        if target != self._target:
-            self._log.info("sizing.target old=%d new=%d", self._target, target)
-        self._target = target
-        excess = len(self._pools) - self._retiring - target
-        while excess > 0 and self._idle:
-            self._retire(self._idle[0], revoke=False, why="shrink")
-            excess -= 1
-        self._fill()
+        return self._supervisor.desired()
 
     # -- introspection ------------------------------------------------------
 
@@ -961,10 +694,10 @@ class LeasedExecutorManager:
             leases=[(lease, lease._pool) for lease in self._leases.values()],
             leases_granted=self._granted,
             leases_released=self._released,
-            leases_revoked=self._revoked,
+            leases_revoked=self._supervisor.revoked,
             leases_waited=self._waited,
-            pools_retired=self._retired,
-            peak_pools=self._peak_pools,
+            pools_retired=self._pool_set.retired,
+            peak_pools=self._pool_set.peak,
         )
 
     def statistics(self) -> ManagerStatistics:
