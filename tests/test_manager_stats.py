@@ -160,3 +160,13 @@ async def test_manager_stats_callable_any_time() -> None:
             tg.cancel_scope.cancel()
         await lease.release()
         assert manager.stats()["started"] is True
+
+
+async def test_manager_stats_expiry_is_right_when_read_off_the_loop() -> None:
+    # A metrics thread reading stats() gets the run's own clock: trio's clock
+    # has an offset of its own and cannot be asked from outside the run.
+    manager = make_manager()
+    async with manager, manager.lease(lease_seconds=100):
+        entry = (await anyio.to_thread.run_sync(manager.stats))["leases"][0]
+        assert 90 < entry["seconds_until_soft_expiry"] <= 100
+        assert entry["seconds_until_hard_expiry"] >= entry["seconds_until_soft_expiry"]

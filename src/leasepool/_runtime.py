@@ -214,7 +214,7 @@ class _TrioParker(Parker):
 
 
 class _TrioRuntime(Runtime):
-    __slots__ = ("_lowlevel", "_token", "_trio")
+    __slots__ = ("_clock", "_lowlevel", "_token", "_trio")
 
     def __init__(self, trio: Any, token: Any) -> None:
         self.name = "trio"
@@ -223,6 +223,9 @@ class _TrioRuntime(Runtime):
         self._trio = trio
         self._lowlevel = trio.lowlevel
         self._token = token
+        # The run's own clock, read directly: trio.current_time() works only
+        # inside the run, and this must also answer stats() from elsewhere.
+        self._clock = trio.lowlevel.current_clock()
 
     def is_current(self) -> bool:
         try:
@@ -267,7 +270,7 @@ class _TrioRuntime(Runtime):
         self._trio.lowlevel.spawn_system_task(fn, name=name)
 
     def time(self) -> float:
-        return float(self._trio.current_time())
+        return float(self._clock.current_time())
 
     def parker(self) -> Parker:
         return _TrioParker(self._lowlevel)
