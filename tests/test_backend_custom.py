@@ -128,3 +128,46 @@ async def test_backend_custom_executor_kwargs_are_refused() -> None:
 async def test_backend_custom_class_instead_of_instance_is_refused() -> None:
     with pytest.raises(ValueError, match="backend"):
         LeasedExecutorManager(backend=RecordingBackend, max_pools=1)  # type: ignore[arg-type]  # the point
+
+
+class FlakyBackend(RecordingBackend):
+    """Refuses to create the next pool when told to, once."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    def create_pool(self, workers: int, name: str) -> cf.Executor:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("out of descriptors, for now")
+        return super().create_pool(workers, name)
+
+
+async def test_backend_custom_failed_create_fails_the_waiter_it_was_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The only pool is revoked while a caller waits; making its replacement
+    # fails. The waiter gets that error at once, not at the next size check
+    # (an hour away here), and the manager goes on serving.
+    backend = FlakyBackend()
+    manager = LeasedExecutorManager(
+        backend=backend,
+        max_pools=1,
+        name_prefix=unique_prefix(),
+        lease_grace_seconds=0,
+        check_interval=3600,
+    )
+    async with manager:
+        lease = await manager.acquire(lease_seconds=0.2)
+        backend.fail_next = True
+        with anyio.fail_after(10), pytest.raises(OSError, match="for now"):
+            await manager.acquire()
+        assert lease.state is LeaseState.REVOKED
+        with anyio.fail_after(10):
+            async with await manager.acquire() as again:
+                assert await again.run(sum, [2, 3]) == 5
+        assert manager.waiting_count == 0
+    assert any("pool.create_failed" in r.getMessage() for r in caplog.records)

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -60,6 +61,13 @@ def log_flood(count: int) -> int:
     for n in range(count):
         _log.info("flood %d %s", n, filler)
     return count
+
+
+def log_flood_timed(count: int) -> float:
+    """Log ``count`` records; return the seconds the worker spent on it."""
+    started = time.monotonic()
+    log_flood(count)
+    return time.monotonic() - started
 
 
 def log_unpicklable_argument() -> None:
@@ -479,6 +487,47 @@ async def test_process_logging_drops_and_counts_instead_of_blocking_a_worker(
     assert all(r.levelno == logging.WARNING for r in dropped)
     total = sum(int(r.__dict__["args"][1]) for r in dropped)
     assert total + len(handler.records) == 5000 + sent
+
+
+@pytest.mark.anyio
+async def test_process_logging_slow_parent_costs_a_worker_one_short_wait(
+    target: tuple[logging.Logger, ListHandler],
+) -> None:
+    # A parent handler that keeps up, slowly (a remote log shipper, say),
+    # frees room in the pipe one record at a time. The worker's waits for
+    # that room are bounded in all, not each: past half a second it drops.
+    logger, handler = target
+    manager_logger = logging.getLogger(f"lptest.manager.{next(_names)}")
+    manager_logger.propagate = False
+    reports = ListHandler()
+    manager_logger.addHandler(reports)
+
+    def slowly(record: logging.LogRecord) -> bool:
+        time.sleep(0.005)
+        return True
+
+    handler.addFilter(slowly)
+    count = 3000  # over 15 s at the handler's pace
+    try:
+        async with (
+            forwarding_manager(
+                process_log_target_logger=logger, logger=manager_logger
+            ) as manager,
+            await manager.acquire() as lease,
+        ):
+            with anyio.fail_after(PATIENCE):
+                spent = await lease.run(log_flood_timed, count)
+    finally:
+        manager_logger.removeHandler(reports)
+    # A generous bound for the half-second budget, far below the pace of
+    # the handler.
+    assert spent < 5.0
+    dropped = [r for r in reports.records if r.msg.startswith("process_logs.dropped")]
+    # Records dropped at the end of the flood are counted when the worker
+    # exits, so every record is either delivered or counted.
+    total = sum(int(r.__dict__["args"][1]) for r in dropped)
+    assert total > 0
+    assert total + len(handler.records) == count
 
 
 @pytest.mark.parametrize(

@@ -99,8 +99,10 @@ class WorkGrinder:
         batch_size_threshold: Queued calls that start a batch at once; also
             the most calls one batch takes.
         lease_seconds: Length of each batch's lease. A batch still running at
-            its hard expiry is revoked: its calls not yet started fail with
-            :class:`LeaseExpiredError`.
+            its hard expiry is revoked: on threads and interpreters its calls
+            not yet started fail with :class:`LeaseExpiredError`; on processes,
+            whose workers are killed, the unfinished calls of the batch fail
+            with ``BrokenProcessPool`` saying the lease was revoked.
         owner_prefix: Start of each batch lease's owner label.
         logger: Where the grinder logs; the ``leasepool.grinder`` logger if
             ``None``.

@@ -485,22 +485,26 @@ class LeasedExecutorManager:
                 with anyio.fail_after(timeout):
                     await waiter.wait()
         except BaseException:
-            pool: Pool | None = waiter.value
-            if pool is not None:
+            pool = waiter.value
+            if isinstance(pool, Pool):
                 # Handed a pool in the same instant as the cancellation: pass
                 # it on rather than lose it.
                 waiter.value = None
                 self._pool_free(pool)
-            else:
+            elif pool is None:
                 try:
                     self._waiters.remove(waiter)
                 except ValueError:
                     pass  # already woken by stop()
             raise
-        pool = waiter.value
-        if pool is None or self._state is not _State.RUNNING:
-            raise stopped_while_waiting("this manager")
-        return pool
+        handed = waiter.value
+        if type(handed) is not Pool:
+            if handed is None or self._state is not _State.RUNNING:
+                raise stopped_while_waiting("this manager")
+            # The supervisor could not make a pool for this waiter: the error
+            # a caller finding the slot free would have had.
+            raise handed
+        return handed
 
     def _grant(self, pool: Pool, seconds: float, owner: str | None) -> ExecutorLease:
         assert self._runtime is not None

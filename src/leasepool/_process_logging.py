@@ -32,7 +32,9 @@ they left in the pipe; a stopped manager leaves no thread or descriptor behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing.util
 import os
 import pickle
 import select
@@ -40,6 +42,7 @@ import selectors
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,11 +61,18 @@ _module_log = logging.getLogger("leasepool.process_logging")
 _HEADER = struct.Struct("!IIBH")
 _FIRST = 1
 _LAST = 2
-# POSIX guarantees at least 512; Linux has 4096. Larger gains nothing.
-# How long a worker waits for room in a full pipe before it starts dropping:
-# long enough to ride out a burst while the parent's listener is busy, short
-# enough that a parent which stopped reading costs a job next to nothing.
+# How long, in all, a worker waits for room in a full pipe during one spell
+# of congestion before it starts dropping: long enough to ride out a burst
+# while the parent's listener is busy, short enough that a parent which reads
+# slowly or not at all costs a job next to nothing. Summed over the spell, so
+# that a reader which frees room one record at a time cannot hold the worker
+# to its pace with many short waits.
 _CONGESTION_WAIT = 0.5
+# A spell ends at a write that finds room this long after the last wait or
+# drop: the parent has caught up. (Writes that find room at once say little:
+# a pipe takes writes again as soon as the reader frees one page of it.)
+_CLEAR_SECONDS = 1.0
+# POSIX guarantees at least 512; Linux has 4096. Larger gains nothing.
 _FRAME_BYTES = min(getattr(select, "PIPE_BUF", 512), 4096)
 _CHUNK_BYTES = _FRAME_BYTES - _HEADER.size
 # A record's message, traceback and stack text are each cut to this many
@@ -162,7 +172,11 @@ def forwarding_initializer(
         for logger in loggers:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
-    root.addHandler(_PipeHandler(writer, level))
+    handler = _PipeHandler(writer, level)
+    root.addHandler(handler)
+    # Records dropped at the end of a flood have no later record to carry
+    # their count: send it on its own as the worker exits.
+    multiprocessing.util.Finalize(None, handler.report_dropped, exitpriority=100)
     if root.level > level:
         root.setLevel(level)
     if initializer is not None:
@@ -178,6 +192,11 @@ class _PipeHandler(logging.Handler):
         self._fd: int = writer.fileno()
         self._dropped = 0
         self._closed = False
+        # The current spell of congestion: seconds waited for room so far,
+        # when the last wait or drop happened, and whether the budget is
+        # spent (drop rather than wait).
+        self._waited = 0.0
+        self._last_trouble = 0.0
         self._congested = False
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -198,6 +217,7 @@ class _PipeHandler(logging.Handler):
         view = memoryview(data)
         start = 0
         total = len(data)
+        waited = False
         while True:
             end = min(start + _CHUNK_BYTES, total)
             flags = (_FIRST if start == 0 else 0) | (_LAST if end == total else 0)
@@ -207,28 +227,71 @@ class _PipeHandler(logging.Handler):
             try:
                 os.write(self._fd, header + view[start:end])
             except BlockingIOError:  # the pipe is full: the parent is behind
+                if (
+                    self._congested
+                    and time.monotonic() - self._last_trouble > _CLEAR_SECONDS
+                ):
+                    self._congested = False  # an old spell: this one may wait
                 if not self._congested and self._wait_writable():
-                    continue  # a burst the parent caught up with: resend
-                # Behind for longer: drop until a write goes through again,
-                # so a flood costs the worker one short wait, not one each.
+                    waited = True
+                    continue  # room within the spell's budget: resend
+                # Behind for longer than the budget: drop until the parent has
+                # caught up, so a flood costs the worker one short wait in all.
                 self._congested = True
+                self._last_trouble = time.monotonic()
                 self._dropped += 1
                 return
             except OSError:  # the parent has closed its end: nobody reads
                 self._closed = True
                 self._dropped += 1
                 return
-            self._congested = False
             if end == total:
                 break
             start = end
         self._dropped -= reported
+        if (
+            self._congested
+            and not waited
+            and time.monotonic() - self._last_trouble > _CLEAR_SECONDS
+        ):
+            # Room at once, a quiet second after the last wait or drop: the
+            # parent has caught up, and the next spell gets a full budget.
+            self._congested = False
+
+    def report_dropped(self) -> None:
+        """Send the count of records not yet reported as dropped, alone."""
+        with self.lock or contextlib.nullcontext():
+            reported = min(self._dropped, 0xFFFFFFFF)
+            if not reported or self._closed:
+                return
+            pid = os.getpid() & 0xFFFFFFFF
+            frame = _HEADER.pack(pid, reported, _FIRST | _LAST, 0)
+            try:
+                os.write(self._fd, frame)
+            except BlockingIOError:
+                if not self._wait_writable():
+                    return
+                try:
+                    os.write(self._fd, frame)
+                except OSError:
+                    return
+            except OSError:
+                return
+            self._dropped -= reported
 
     def _wait_writable(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_trouble > _CLEAR_SECONDS:
+            self._waited = 0.0  # a new spell
+        budget = _CONGESTION_WAIT - self._waited
+        if budget <= 0:
+            return False
         try:
-            _, writable, _ = select.select([], [self._fd], [], _CONGESTION_WAIT)
+            _, writable, _ = select.select([], [self._fd], [], budget)
         except (OSError, ValueError):
             return False
+        self._last_trouble = time.monotonic()
+        self._waited += self._last_trouble - now
         return bool(writable)
 
 
@@ -581,6 +644,8 @@ class LogForwarder:
                 dropped,
                 self._dropped,
             )
+        if not payload:  # a count on its own, sent by a worker as it exits
+            return
         try:
             record = logging.makeLogRecord(pickle.loads(payload))
             target = self._target

@@ -290,20 +290,30 @@ class Supervisor:
 
         Called only while the manager runs. A new pool has never run a job
         and so is never broken or draining: it goes straight to the oldest
-        waiter, or to the idle pools, as the manager's own hand-off would.
+        waiter, or to the idle pools, as the manager's own hand-off would. A
+        pool that cannot be made fails the oldest waiter with the error.
         """
         runtime = self.runtime
         assert runtime is not None
         pools = self.pools
         table = pools.pools
         waiters = self.waiters
-        try:
-            while waiters and len(table) < self.max_pools:
+        while waiters and len(table) < self.max_pools:
+            try:
                 pool = pools.new(runtime)
-                pool.state = PoolState.LEASED
+            except Exception as exc:
+                # The oldest waiter gets the error it would have had calling
+                # with the slot free, rather than waiting for a size check.
+                self.log.exception("pool.create_failed backend=%s", self.backend.name)
                 waiter = waiters.popleft()
-                waiter.value = pool
+                waiter.value = exc
                 waiter.wake()
+                continue
+            pool.state = PoolState.LEASED
+            waiter = waiters.popleft()
+            waiter.value = pool
+            waiter.wake()
+        try:
             while (
                 len(table) - pools.retiring < self.target
                 and len(table) < self.max_pools
