@@ -140,6 +140,24 @@ def target() -> Iterator[tuple[logging.Logger, ListHandler]]:
     logger.removeHandler(handler)
 
 
+@pytest.fixture
+def manager_log() -> Iterator[tuple[logging.Logger, ListHandler]]:
+    """A private logger for the manager, and what the manager reports there."""
+    logger = logging.getLogger(f"lptest.manager.{next(_names)}")
+    logger.propagate = False
+    reports = ListHandler()
+    logger.addHandler(reports)
+    yield logger, reports
+    logger.removeHandler(reports)
+
+
+def dropped_total(reports: ListHandler) -> int:
+    """Sum the counts of the ``process_logs.dropped`` warnings reported."""
+    dropped = [r for r in reports.records if r.msg.startswith("process_logs.dropped")]
+    assert all(r.levelno == logging.WARNING for r in dropped)
+    return sum(int(r.__dict__["args"][1]) for r in dropped)
+
+
 @asynccontextmanager
 async def forwarding_manager(**kwargs: Any) -> AsyncIterator[LeasedExecutorManager]:
     """A forwarding process manager that must leave nothing behind."""
@@ -452,12 +470,10 @@ async def test_process_logging_clears_inherited_handlers_when_asked(
 @pytest.mark.anyio
 async def test_process_logging_drops_and_counts_instead_of_blocking_a_worker(
     target: tuple[logging.Logger, ListHandler],
+    manager_log: tuple[logging.Logger, ListHandler],
 ) -> None:
     logger, handler = target
-    manager_logger = logging.getLogger(f"lptest.manager.{next(_names)}")
-    manager_logger.propagate = False
-    reports = ListHandler()
-    manager_logger.addHandler(reports)
+    manager_logger, reports = manager_log
     # The parent's handler stalls, so the pipe fills and stays full.
     release = threading.Event()
     handler.addFilter(lambda record: release.wait(PATIENCE * 2))
@@ -481,26 +497,19 @@ async def test_process_logging_drops_and_counts_instead_of_blocking_a_worker(
                     await anyio.sleep(0.02)
     finally:
         release.set()
-        manager_logger.removeHandler(reports)
-    dropped = [r for r in reports.records if r.msg.startswith("process_logs.dropped")]
-    assert dropped
-    assert all(r.levelno == logging.WARNING for r in dropped)
-    total = sum(int(r.__dict__["args"][1]) for r in dropped)
-    assert total + len(handler.records) == 5000 + sent
+    assert dropped_total(reports) + len(handler.records) == 5000 + sent
 
 
 @pytest.mark.anyio
 async def test_process_logging_slow_parent_costs_a_worker_one_short_wait(
     target: tuple[logging.Logger, ListHandler],
+    manager_log: tuple[logging.Logger, ListHandler],
 ) -> None:
     # A parent handler that keeps up, slowly (a remote log shipper, say),
     # frees room in the pipe one record at a time. The worker's waits for
     # that room are bounded in all, not each: past half a second it drops.
     logger, handler = target
-    manager_logger = logging.getLogger(f"lptest.manager.{next(_names)}")
-    manager_logger.propagate = False
-    reports = ListHandler()
-    manager_logger.addHandler(reports)
+    manager_logger, reports = manager_log
 
     def slowly(record: logging.LogRecord) -> bool:
         time.sleep(0.005)
@@ -508,24 +517,20 @@ async def test_process_logging_slow_parent_costs_a_worker_one_short_wait(
 
     handler.addFilter(slowly)
     count = 3000  # over 15 s at the handler's pace
-    try:
-        async with (
-            forwarding_manager(
-                process_log_target_logger=logger, logger=manager_logger
-            ) as manager,
-            await manager.acquire() as lease,
-        ):
-            with anyio.fail_after(PATIENCE):
-                spent = await lease.run(log_flood_timed, count)
-    finally:
-        manager_logger.removeHandler(reports)
+    async with (
+        forwarding_manager(
+            process_log_target_logger=logger, logger=manager_logger
+        ) as manager,
+        await manager.acquire() as lease,
+    ):
+        with anyio.fail_after(PATIENCE):
+            spent = await lease.run(log_flood_timed, count)
     # A generous bound for the half-second budget, far below the pace of
     # the handler.
     assert spent < 5.0
-    dropped = [r for r in reports.records if r.msg.startswith("process_logs.dropped")]
     # Records dropped at the end of the flood are counted when the worker
     # exits, so every record is either delivered or counted.
-    total = sum(int(r.__dict__["args"][1]) for r in dropped)
+    total = dropped_total(reports)
     assert total > 0
     assert total + len(handler.records) == count
 
