@@ -74,7 +74,7 @@ class Sizes:
 FULL = Sizes(
     reps=9,
     grinder_reps=5,
-    process_reps=15,  # the noisiest scenario: 2 workers on 2 cores
+    process_reps=31,  # the noisiest scenario: 2 workers on 2 cores
     calls_1=4_000,
     calls_64=12_800,
     pairs=20_000,
@@ -774,7 +774,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reps",
         type=int,
-        help="repetitions per case (default 9; grinder 5, process 15)",
+        help="repetitions per case (default 9; grinder 5, process 31)",
     )
     parser.add_argument(
         "--output",

@@ -159,11 +159,14 @@ class Pool:
         return fut, unwrap
 
     def _on_done(self, fut: cf.Future[Any]) -> None:
-        # Runs on a worker thread (or wherever the future was cancelled).
-        if not fut.cancelled():
+        # Runs on a worker thread (or wherever the future was cancelled), on
+        # every job: one look at the future's lock, not two.
+        try:
             exc = fut.exception()
-            if exc is not None and self.backend.is_broken_error(exc):
-                self.broken = True
+        except cf.CancelledError:
+            exc = None
+        if exc is not None and self.backend.is_broken_error(exc):
+            self.broken = True
         self._job_finished()
 
     def _job_finished(self) -> None:

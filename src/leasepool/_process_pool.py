@@ -169,9 +169,10 @@ class LeasedProcessPool(cf.ProcessPoolExecutor):
             del value, inner
 
     def _outcome(self, inner: cf.Future[_Outcome]) -> tuple[bool, Any]:
-        if inner.cancelled():
+        try:
+            exc = inner.exception()
+        except cf.CancelledError:
             return False, cf.CancelledError()
-        exc = inner.exception()
         if exc is not None:
             if self.revoked and isinstance(exc, cf.BrokenExecutor):
                 return False, _revoked_error(self.pool_name, exc)
