@@ -103,6 +103,10 @@ async def test_manager_statistics_is_frozen_twin_of_stats() -> None:
             snapshot.total = 9  # type: ignore[misc]  # frozen on purpose
         gate.open()
         await wait_until(lambda: manager.statistics().draining == 0)
+        # Every count and setting of stats() is in the record too.
+        fields = {field.name for field in dataclasses.fields(ManagerStatistics)}
+        plain = {k for k, v in manager.stats().items() if isinstance(v, int | str)}
+        assert plain <= fields
 
 
 async def test_manager_logs_stable_event_names(

@@ -29,6 +29,7 @@ class ManagerStatistics:
     desired: int
     max_pools: int
     min_pools: int
+    units_per_pool: int
     workers_per_pool: int
     available: int
     leased: int
@@ -40,6 +41,7 @@ class ManagerStatistics:
     leases_granted: int
     leases_released: int
     leases_revoked: int
+    leases_waited: int
     pools_retired: int
     peak_pools: int
 
@@ -123,6 +125,7 @@ def statistics_from_stats(s: Mapping[str, Any]) -> ManagerStatistics:
         desired=s["desired"],
         max_pools=s["max_pools"],
         min_pools=s["min_pools"],
+        units_per_pool=s["units_per_pool"],
         workers_per_pool=s["workers_per_pool"],
         available=s["available"],
         leased=s["leased"],
@@ -134,6 +137,7 @@ def statistics_from_stats(s: Mapping[str, Any]) -> ManagerStatistics:
         leases_granted=s["leases_granted"],
         leases_released=s["leases_released"],
         leases_revoked=s["leases_revoked"],
+        leases_waited=s["leases_waited"],
         pools_retired=s["pools_retired"],
         peak_pools=s["peak_pools"],
     )
