@@ -191,7 +191,7 @@ class _PipeHandler(logging.Handler):
         self._writer = writer  # keeps the descriptor open
         self._fd: int = writer.fileno()
         self._dropped = 0
-        self._closed = False
+        self._reader_gone = False
         # The current spell of congestion: seconds waited for room so far,
         # when the last wait or drop happened, and whether the budget is
         # spent (drop rather than wait).
@@ -201,7 +201,7 @@ class _PipeHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         # Handler.handle holds self.lock: one record's frames go out together.
-        if self._closed:
+        if self._reader_gone:
             self._dropped += 1
             return
         try:
@@ -242,7 +242,7 @@ class _PipeHandler(logging.Handler):
                 self._dropped += 1
                 return
             except OSError:  # the parent has closed its end: nobody reads
-                self._closed = True
+                self._reader_gone = True
                 self._dropped += 1
                 return
             if end == total:
@@ -258,25 +258,37 @@ class _PipeHandler(logging.Handler):
             # parent has caught up, and the next spell gets a full budget.
             self._congested = False
 
+    def close(self) -> None:
+        # logging.shutdown() closes handlers as a worker exits, on some
+        # Pythons before multiprocessing's finalizers run: report here too.
+        self.report_dropped()
+        super().close()
+
     def report_dropped(self) -> None:
         """Send the count of records not yet reported as dropped, alone."""
         with self.lock or contextlib.nullcontext():
             reported = min(self._dropped, 0xFFFFFFFF)
-            if not reported or self._closed:
+            if not reported or self._reader_gone:
                 return
             pid = os.getpid() & 0xFFFFFFFF
             frame = _HEADER.pack(pid, reported, _FIRST | _LAST, 0)
-            try:
-                os.write(self._fd, frame)
-            except BlockingIOError:
-                if not self._wait_writable():
-                    return
+            # The pipe may still be full of the flood: wait for room once more,
+            # whatever the spell's budget, since the worker is leaving anyway.
+            deadline = time.monotonic() + _CONGESTION_WAIT
+            while True:
                 try:
                     os.write(self._fd, frame)
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    try:
+                        select.select([], [self._fd], [], left)
+                    except (OSError, ValueError):
+                        return
                 except OSError:
                     return
-            except OSError:
-                return
             self._dropped -= reported
 
     def _wait_writable(self) -> bool:
