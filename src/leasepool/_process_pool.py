@@ -216,6 +216,11 @@ class LeasedProcessPool(cf.ProcessPoolExecutor):
                 "pool.start_failed pool=%s", self.pool_name, exc_info=True
             )
         finally:
+            if this._broken:
+                # Broken while this thread started workers: the executor's
+                # clean-up may not have seen the last one, and would wait for
+                # it forever. None of them will ever run a job.
+                self._kill_workers()
             self._hand_over_early_jobs()
 
     def _hand_over_early_jobs(self) -> None:
@@ -255,6 +260,9 @@ class LeasedProcessPool(cf.ProcessPoolExecutor):
     def kill_now(self) -> None:
         """SIGKILL every worker; their jobs fail with ``BrokenProcessPool``."""
         self.revoked = True
+        self._kill_workers()
+
+    def _kill_workers(self) -> None:
         with self._shutdown_lock:
             # Python 3.14+: keep the manager thread from starting replacements.
             if hasattr(self, "_force_shutting_down"):
@@ -276,6 +284,13 @@ class LeasedProcessPool(cf.ProcessPoolExecutor):
             # It stops starting workers and hands its early jobs over, so
             # that the executor's own shutdown sees them.
             starter.join(_KILL_WAIT_SECONDS)
+        this: Any = self
+        if this._broken:
+            # A broken pool's other workers serve nobody. The executor stops
+            # them with SIGTERM and then waits for each without a bound; one
+            # it never saw (started by our thread as the pool broke) would
+            # keep that wait, and this shutdown, going forever.
+            self._kill_workers()
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         channel, self._channel = self._channel, None
         if channel is not None and self._forwarder is not None:
