@@ -249,6 +249,9 @@ def _pickle_calls(batch: Batch, items: list[Item]) -> tuple[list[bytes], list[It
             call = (item._fn, item._args, item._kwargs)
             payloads.append(bytes(ForkingPickler.dumps(call)))
         except Exception as exc:
+            # TODO: say which part failed (function, argument or keyword) in
+            # a PicklingError, as lease.run does; the note names only the call,
+            # and changing the error's type needs its tests reworked first.
             exc.add_note(f"leasepool: the call {item!r} could not be pickled")
             batch.finished.append((item, False, exc))
             continue
