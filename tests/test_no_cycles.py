@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import gc
 import multiprocessing
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -39,14 +40,10 @@ def boom() -> None:
 
 
 def _ours(obj: object) -> bool:
-    kind = type(obj)
-    return (
-        kind.__module__.startswith("leasepool")
-        or isinstance(obj, cf.Future | BaseException)
-        or (
-            kind.__name__ == "frame"
-            and "leasepool" in getattr(obj, "f_code").co_filename  # noqa: B009
-        )
+    if isinstance(obj, types.FrameType):
+        return "leasepool" in obj.f_code.co_filename
+    return type(obj).__module__.startswith("leasepool") or isinstance(
+        obj, cf.Future | BaseException
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._backends import PoolBackend
-from ._process_pool import LeasedProcessPool
+from ._process_pool import LeasedProcessPool, future_result
 
 __all__ = ["Pool", "PoolState"]
 
@@ -149,7 +149,7 @@ class Pool:
             if unwrapped and isinstance(executor, LeasedProcessPool):
                 fut, unwrap = executor.submit_unwrapped(fn, args, kwargs)
             else:
-                fut, unwrap = executor.submit(fn, *args, **kwargs), _result
+                fut, unwrap = executor.submit(fn, *args, **kwargs), future_result
         except BaseException as exc:
             if self.backend.is_broken_error(exc):
                 self.broken = True
@@ -192,10 +192,3 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.state.value} running={self.running}>"
-
-
-def _result(fut: cf.Future[T]) -> T:
-    try:
-        return fut.result()
-    finally:
-        del fut  # see ExecutorLease.run: no frame-to-error cycle

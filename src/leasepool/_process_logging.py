@@ -217,7 +217,6 @@ class _PipeHandler(logging.Handler):
         view = memoryview(data)
         start = 0
         total = len(data)
-        waited = False
         while True:
             end = min(start + _CHUNK_BYTES, total)
             flags = (_FIRST if start == 0 else 0) | (_LAST if end == total else 0)
@@ -227,13 +226,12 @@ class _PipeHandler(logging.Handler):
             try:
                 os.write(self._fd, header + view[start:end])
             except BlockingIOError:  # the pipe is full: the parent is behind
-                if (
-                    self._congested
-                    and time.monotonic() - self._last_trouble > _CLEAR_SECONDS
-                ):
-                    self._congested = False  # an old spell: this one may wait
+                if time.monotonic() - self._last_trouble > _CLEAR_SECONDS:
+                    # A quiet second since the last wait or drop: the parent
+                    # had caught up, and this new spell gets a full budget.
+                    self._congested = False
+                    self._waited = 0.0
                 if not self._congested and self._wait_writable():
-                    waited = True
                     continue  # room within the spell's budget: resend
                 # Behind for longer than the budget: drop until the parent has
                 # caught up, so a flood costs the worker one short wait in all.
@@ -249,14 +247,6 @@ class _PipeHandler(logging.Handler):
                 break
             start = end
         self._dropped -= reported
-        if (
-            self._congested
-            and not waited
-            and time.monotonic() - self._last_trouble > _CLEAR_SECONDS
-        ):
-            # Room at once, a quiet second after the last wait or drop: the
-            # parent has caught up, and the next spell gets a full budget.
-            self._congested = False
 
     def close(self) -> None:
         # logging.shutdown() closes handlers as a worker exits, on some
@@ -274,36 +264,35 @@ class _PipeHandler(logging.Handler):
             frame = _HEADER.pack(pid, reported, _FIRST | _LAST, 0)
             # The pipe may still be full of the flood: wait for room once more,
             # whatever the spell's budget, since the worker is leaving anyway.
-            deadline = time.monotonic() + _CONGESTION_WAIT
-            while True:
+            try:
+                os.write(self._fd, frame)
+            except BlockingIOError:
+                if not self._select_writable(_CONGESTION_WAIT):
+                    return
                 try:
                     os.write(self._fd, frame)
-                    break
-                except BlockingIOError:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    try:
-                        select.select([], [self._fd], [], left)
-                    except (OSError, ValueError):
-                        return
                 except OSError:
                     return
+            except OSError:
+                return
             self._dropped -= reported
 
     def _wait_writable(self) -> bool:
-        now = time.monotonic()
-        if now - self._last_trouble > _CLEAR_SECONDS:
-            self._waited = 0.0  # a new spell
+        """Wait for room out of the spell's budget; tell if there is some."""
         budget = _CONGESTION_WAIT - self._waited
         if budget <= 0:
             return False
-        try:
-            _, writable, _ = select.select([], [self._fd], [], budget)
-        except (OSError, ValueError):
-            return False
+        now = time.monotonic()
+        writable = self._select_writable(budget)
         self._last_trouble = time.monotonic()
         self._waited += self._last_trouble - now
+        return writable
+
+    def _select_writable(self, timeout: float) -> bool:
+        try:
+            _, writable, _ = select.select([], [self._fd], [], timeout)
+        except (OSError, ValueError):
+            return False
         return bool(writable)
 
 

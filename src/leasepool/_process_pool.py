@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 from ._errors import WorkerExceptionError
 from ._process_logging import LogForwarder
 
-__all__ = ["LeasedProcessPool"]
+__all__ = ["LeasedProcessPool", "future_result"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -141,7 +141,7 @@ class LeasedProcessPool(cf.ProcessPoolExecutor):
         job that cannot be pickled raises ``PicklingError`` here.
         """
         if self._starting:  # only ever goes from True to False
-            return self.submit(fn, *args, **kwargs), _result
+            return self.submit(fn, *args, **kwargs), future_result
         # Pickled here, once, rather than by _Call in the feeder thread, where
         # the executor pickles the bytes again: the caller waits for the job
         # anyway, so a job that cannot be pickled fails right here.
@@ -472,7 +472,8 @@ class _JobFuture(cf.Future[T]):
             self.fail(value)
 
 
-def _result(fut: cf.Future[T]) -> T:
+def future_result(fut: cf.Future[T]) -> T:
+    """Return ``fut.result()``, the unwrap of a future that needs none."""
     try:
         return fut.result()
     finally:
