@@ -341,6 +341,12 @@ async def _sigkill_under_load() -> None:
                 assert await lease.run(add, 1, 1) == 2
                 await lease.release()
             assert manager.stats()["peak_pools"] <= max_pools
+    # The callers' errors hold, through their tracebacks, the leases and so
+    # the broken pools' executors, whose pipes close when those are collected:
+    # let go of them first, as a program done with its errors would.
+    outcomes.clear()
+    del lease, leases, future
+    gc.collect()
     await wait_no_leaks(before)
 
 
